@@ -1,0 +1,502 @@
+"""Typed, strict run configuration.
+
+A config is a tree of dataclasses. It is read from YAML, then dotted command-line overrides
+(`train.steps=200`) are applied, then cross-field checks run — all before any compute. Unknown
+keys, wrong types and impossible values raise :class:`~metadino.errors.UserError` naming the key
+path. Only factories read this object; components take explicit arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from metadino.errors import UserError
+
+Precision = Literal["fp32", "bf16"]
+SSLMethod = Literal["dinov1", "dinov2"]
+
+
+@dataclass
+class DataConfig:
+    """Where the images and their metadata live."""
+
+    table: str = ""
+    """CSV or Parquet file, one row per image (required)."""
+    image_column: str = "path"
+    """Column holding image paths, relative to `root` unless absolute."""
+    root: str | None = None
+    """Folder that relative image paths start from (default: the table's folder)."""
+    rows: dict[str, Any] = field(default_factory=dict)
+    """Row filter, e.g. {split: train}; a value may be a list of accepted values."""
+    missing_values: list[str] = field(default_factory=lambda: ["", "NA", "NaN", "nan", "None", "null"])
+    """Cell values that mean 'unknown' in metadata columns."""
+
+
+@dataclass
+class ModelConfig:
+    """The backbone being adapted."""
+
+    backbone: str = "builtin:vit-small"
+    """builtin:vit-tiny|vit-small|vit-base, hf:<hub id or local dir>, or a run/export directory."""
+    in_chans: int = 3
+    """Channels of the input images; a 3-channel checkpoint is expanded to this many."""
+    patch_size: int = 16
+    """Patch size of the built-in ViT (HF checkpoints bring their own)."""
+    embed_dim: int | None = None
+    """Built-in ViT width override (null: the preset's)."""
+    depth: int | None = None
+    """Built-in ViT depth override."""
+    num_heads: int | None = None
+    """Built-in ViT heads override."""
+    num_registers: int = 0
+    """Register tokens of the built-in ViT."""
+    drop_path_rate: float = 0.1
+    """Stochastic depth of the student (built-in ViT)."""
+    channel_expansion: Literal["mean"] = "mean"
+    """How new input channels of a pretrained patch embedding are initialised (reference §8)."""
+    grad_checkpointing: bool = False
+    """Activation checkpointing in the student backbone (saves memory, costs time)."""
+
+
+@dataclass
+class HeadConfig:
+    """A DINO-style projection head: MLP -> L2-normalised bottleneck -> prototypes."""
+
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    nlayers: int = 3
+
+
+@dataclass
+class IBOTConfig:
+    """iBOT masked-patch objective (dinov2 only)."""
+
+    loss_weight: float = 1.0
+    separate_head: bool = True
+    head: HeadConfig = field(default_factory=HeadConfig)
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    """Share of patch tokens masked in a masked global crop, drawn uniformly in this range."""
+    mask_probability: float = 0.5
+    """Share of global crops that are masked at all."""
+
+
+@dataclass
+class SSLConfig:
+    """The self-supervised objective."""
+
+    method: SSLMethod = "dinov2"
+    """dinov1: DINO loss + softmax centering. dinov2: DINO + iBOT + KoLeo with Sinkhorn-Knopp."""
+    dino_loss_weight: float = 1.0
+    head: HeadConfig = field(default_factory=HeadConfig)
+    ibot: IBOTConfig = field(default_factory=IBOTConfig)
+    koleo_loss_weight: float = 0.1
+    """KoLeo on the student CLS of the global crops (dinov2; 0 disables it)."""
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    teacher_temp_warmup_steps: int = 0
+    """Linear teacher-temperature warm-up from warmup_teacher_temp (DINOv1 uses ~30 epochs)."""
+    center_momentum: float = 0.9
+    """Softmax-centering momentum (dinov1)."""
+    ignore_diagonal: bool = True
+    """Do not compare a global crop with itself in the DINO loss."""
+    ema_momentum: float = 0.994
+    """Teacher EMA momentum at step 0; cosine to ema_momentum_end at the last step."""
+    ema_momentum_end: float = 1.0
+    freeze_last_layer_steps: int = 0
+    """Prototype layers get LR 0 for this many steps (stabilises the start)."""
+
+
+@dataclass
+class CropsConfig:
+    """Multi-crop augmentation."""
+
+    global_size: int = 224
+    local_size: int = 96
+    n_local: int = 8
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    hflip: bool = True
+    vflip: bool = False
+    photometric: str = "natural"
+    """natural (DINO colour pipeline, RGB) | microscopy (per-channel jitter, channel dropout,
+    self-normalisation) | none."""
+    mean: list[float] | None = None
+    """Per-channel normalisation mean (natural: ImageNet by default)."""
+    std: list[float] | None = None
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warm-up + cosine learning rate and a cosine weight-decay schedule."""
+
+    lr: float = 5e-4
+    """Peak learning rate (absolute: not rescaled by batch size)."""
+    min_lr: float = 1e-6
+    warmup_steps: int = 0
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.2
+    layer_decay: float = 0.9
+    """Layer-wise LR decay: block i of L gets layer_decay**(L+1-layer_id)."""
+    patch_embed_lr_mult: float = 0.2
+    clip_grad: float = 3.0
+    """Max gradient norm, applied separately to backbone and heads (0 disables)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class TrainConfig:
+    """The run itself."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    """Images per process per step."""
+    seed: int = 0
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps."""
+    num_workers: int = 2
+    precision: Precision = "fp32"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    crops: CropsConfig = field(default_factory=CropsConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# Keys that may change when a run is resumed; anything else must match the saved config.
+RESUMABLE_CHANGES = frozenset(
+    {"train.steps", "train.num_workers", "train.device", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every"}
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a config from plain data
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) if a is not type(None) else "null" for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return str(tp)
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (lists -> tuples etc.)."""
+    origin = typing.get_origin(tp)
+    bad = UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}.")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except UserError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if tp is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise UserError(f"config key '{key}': expected a list of {len(args)} values, got {value!r}.")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def _unknown_key(cls: type, name: str, prefix: str) -> UserError:
+    known = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean '{prefix}{close[0]}'?" if close else f" Known keys here: {', '.join(known)}."
+    return UserError(f"unknown config key '{prefix}{name}'.{hint}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    dot = f"{prefix}." if prefix else ""
+    kwargs = {}
+    for name, value in data.items():
+        if not isinstance(name, str) or name not in known:
+            raise _unknown_key(cls, str(name), dot)
+        kwargs[name] = _convert(value, hints[name], f"{dot}{name}")
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from nested plain data (as read from YAML)."""
+    if not isinstance(data, dict):
+        raise UserError("the config must be a mapping of sections (data, model, ssl, crops, optim, train).")
+    # `_run` holds provenance in saved configs; a saved config can be used as-is.
+    cfg = _build(Config, {k: v for k, v in data.items() if k != "_run"}, "")
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) suitable for YAML."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a","b","c"], parsed value). The value is parsed as YAML (so 3 is an int)."""
+    if "=" not in text:
+        raise UserError(f"override '{text}' is not of the form key.sub=value (e.g. train.steps=200).")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"override '{text}' has an empty key; write it as key.sub=value.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise UserError(f"override '{text}': the value '{raw}' is not valid YAML.") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted overrides to nested plain data. Key existence is checked when the config is built."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"override '{text}': '{'.'.join(path[: i + 1])}' is a value, not a section.")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file '{p}' does not exist.")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserError(f"config file '{p}' is not valid YAML{where}.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"config file '{p}' cannot be read: {e}.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{p}' must hold a mapping of sections, not {type(data).__name__}.")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """YAML file (or defaults when None) + dotted overrides -> validated config.
+
+    A relative `data.table` in the YAML file is resolved against the file's folder, so configs
+    can travel with their data.
+    """
+    data = read_yaml(path) if path is not None else {}
+    table = (data.get("data") or {}).get("table") if isinstance(data.get("data"), dict) else None
+    if path is not None and isinstance(table, str) and table and not Path(table).is_absolute():
+        data["data"]["table"] = str((Path(path).parent / table).resolve())
+    return config_from_dict(apply_overrides(data, list(overrides)))
+
+
+def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write the resolved config (plus provenance under `_run`) as YAML."""
+    data = config_to_dict(cfg)
+    if extra:
+        data["_run"] = extra
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain config dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key.startswith("_"):
+            continue
+        va, vb = a.get(key), b.get(key)
+        path = f"{prefix}{key}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff_configs(va, vb, f"{path}.")
+        elif va != vb:
+            out.append(path)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Cross-field checks
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise UserError(f"config key '{key}': {message}")
+
+
+def _check_range(pair: tuple[float, float], key: str, lo: float, hi: float) -> None:
+    a, b = pair
+    _check(lo <= a <= b <= hi, key, f"expected {lo} <= min <= max <= {hi}, got [{a}, {b}].")
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible combinations before any compute."""
+    from metadino.data.photometric import PHOTOMETRIC_PRESETS  # data layer owns the preset names
+
+    m, c, s, o, t = cfg.model, cfg.crops, cfg.ssl, cfg.optim, cfg.train
+    _check(bool(cfg.data.table), "data.table", "is required: the CSV or Parquet file listing your images.")
+    _check(bool(cfg.data.image_column), "data.image_column", "must name the column holding image paths.")
+    _check(m.in_chans >= 1, "model.in_chans", f"must be at least 1, got {m.in_chans}.")
+    _check(m.patch_size >= 1, "model.patch_size", f"must be at least 1, got {m.patch_size}.")
+    _check(0.0 <= m.drop_path_rate < 1.0, "model.drop_path_rate", f"must be in [0, 1), got {m.drop_path_rate}.")
+    for name in ("embed_dim", "depth", "num_heads"):
+        v = getattr(m, name)
+        _check(v is None or v >= 1, f"model.{name}", f"must be at least 1, got {v}.")
+    if m.embed_dim is not None and m.num_heads is not None:
+        _check(m.embed_dim % m.num_heads == 0, "model.embed_dim", f"{m.embed_dim} is not divisible by model.num_heads={m.num_heads}.")
+    _check(m.num_registers >= 0, "model.num_registers", "must be >= 0.")
+
+    _check(c.global_size >= 1, "crops.global_size", "must be positive.")
+    _check(c.local_size >= 1, "crops.local_size", "must be positive.")
+    _check(
+        c.local_size <= c.global_size,
+        "crops.local_size",
+        f"a local crop ({c.local_size}) cannot be larger than the global crop (crops.global_size={c.global_size}).",
+    )
+    if m.backbone.startswith("builtin:"):
+        for key, size in (("crops.global_size", c.global_size), ("crops.local_size", c.local_size)):
+            _check(size % m.patch_size == 0, key, f"{size} is not a multiple of model.patch_size={m.patch_size}.")
+    _check(c.n_local >= 0, "crops.n_local", "must be >= 0.")
+    _check_range(c.global_scale, "crops.global_scale", 1e-4, 1.0)
+    _check_range(c.local_scale, "crops.local_scale", 1e-4, 1.0)
+    _check(
+        c.photometric in PHOTOMETRIC_PRESETS,
+        "crops.photometric",
+        f"unknown preset '{c.photometric}'; choose one of {', '.join(PHOTOMETRIC_PRESETS)}.",
+    )
+    if c.photometric == "natural":
+        _check(
+            m.in_chans == 3,
+            "crops.photometric",
+            f"'natural' is the RGB colour pipeline but model.in_chans={m.in_chans}; use 'microscopy' or 'none'.",
+        )
+    for key, vals in (("crops.mean", c.mean), ("crops.std", c.std)):
+        if vals is not None:
+            _check(len(vals) == m.in_chans, key, f"has {len(vals)} values but model.in_chans={m.in_chans}.")
+    if c.std is not None:
+        _check(all(v > 0 for v in c.std), "crops.std", "values must be > 0.")
+
+    for key, head in (("ssl.head", s.head), ("ssl.ibot.head", s.ibot.head)):
+        _check(head.out_dim >= 2, f"{key}.out_dim", "must be at least 2.")
+        _check(head.nlayers >= 1, f"{key}.nlayers", "must be at least 1.")
+        _check(head.hidden_dim >= 1 and head.bottleneck_dim >= 1, key, "hidden_dim and bottleneck_dim must be positive.")
+    if s.method == "dinov2" and not s.ibot.separate_head:
+        _check(s.ibot.head == s.head, "ssl.ibot.head", "must equal ssl.head when ssl.ibot.separate_head is false.")
+    _check_range(s.ibot.mask_ratio, "ssl.ibot.mask_ratio", 0.0, 1.0)
+    _check(0.0 <= s.ibot.mask_probability <= 1.0, "ssl.ibot.mask_probability", "must be in [0, 1].")
+    for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+        _check(getattr(s, key) > 0, f"ssl.{key}", "must be > 0.")
+    for key in ("ema_momentum", "ema_momentum_end", "center_momentum"):
+        _check(0.0 <= getattr(s, key) <= 1.0, f"ssl.{key}", "must be in [0, 1].")
+    for key in ("dino_loss_weight", "koleo_loss_weight"):
+        _check(getattr(s, key) >= 0, f"ssl.{key}", "must be >= 0.")
+    _check(s.ibot.loss_weight >= 0, "ssl.ibot.loss_weight", "must be >= 0.")
+    _check(s.teacher_temp_warmup_steps >= 0 and s.freeze_last_layer_steps >= 0, "ssl", "step counts must be >= 0.")
+
+    _check(o.lr >= 0 and o.min_lr >= 0, "optim.lr", "learning rates must be >= 0.")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0.")
+    _check(o.weight_decay >= 0 and o.weight_decay_end >= 0, "optim.weight_decay", "must be >= 0.")
+    _check(0.0 < o.layer_decay <= 1.0, "optim.layer_decay", "must be in (0, 1].")
+    _check(o.patch_embed_lr_mult >= 0, "optim.patch_embed_lr_mult", "must be >= 0.")
+    _check(o.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables clipping).")
+    _check(all(0.0 <= b < 1.0 for b in o.betas), "optim.betas", "must be in [0, 1).")
+
+    _check(t.steps >= 1, "train.steps", f"must be at least 1, got {t.steps}.")
+    _check(t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}.")
+    _check(t.num_workers >= 0, "train.num_workers", "must be >= 0.")
+    _check(t.checkpoint_every >= 1, "train.checkpoint_every", "must be at least 1.")
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1.")
+    _check(t.log_every >= 1, "train.log_every", "must be at least 1.")
+    dev = t.device
+    _check(
+        dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+        "train.device",
+        f"unknown device '{dev}'; use auto, cpu, cuda, cuda:N or mps.",
+    )

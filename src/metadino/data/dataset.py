@@ -1,0 +1,128 @@
+"""Training dataset, step-indexed sampler and crop-major collate.
+
+Which image a batch slot holds and how it is augmented depend only on (seed, step, slot), never
+on the number of workers, the world size or whether the run was resumed:
+
+* :class:`StepSampler` walks a seeded per-epoch permutation of the table. Global position
+  ``p = step * global_batch + slot`` maps to ``(epoch, perm_epoch[p % n])`` with
+  ``epoch = p // n``. Rank ``r`` of ``W`` owns slots ``[r * B, (r + 1) * B)``, so the union
+  over ranks is exactly the single-process batch of the same global size.
+* :class:`SSLDataset` receives ``(epoch, index)`` and augments with
+  ``(seed, epoch, index, crop id)`` counters (see :mod:`metadino.data.seeding`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from metadino.data.crops import MultiCropAugmentation
+from metadino.data.images import load_image
+from metadino.data.seeding import make_generator
+from metadino.data.table import MetadataTable
+from metadino.errors import UserError
+
+_PERMUTATION_STREAM = 0x5A4D  # keeps the sampler's random stream apart from the augmentation streams
+
+
+def load_checked_image(table: MetadataTable, index: int, in_chans: int) -> torch.Tensor:
+    """Decode row `index` of `table` and check its channel count; errors name the row and file."""
+    path = table.paths[index]
+    try:
+        image = load_image(path)
+    except UserError as e:
+        raise UserError(f"{table.source.name} row {table.row_numbers[index]}: {e}") from None
+    if image.shape[0] != in_chans:
+        raise UserError(
+            f"{table.source.name} row {table.row_numbers[index]}: image '{path}' has {image.shape[0]} channel(s) "
+            f"but model.in_chans={in_chans}; set model.in_chans to match your images."
+        )
+    return image
+
+
+class SSLDataset(Dataset):
+    """Rows of a metadata table -> multi-crop views. Indexed by ``(epoch, row index)``."""
+
+    def __init__(self, table: MetadataTable, augment: MultiCropAugmentation, *, seed: int, in_chans: int):
+        self.table = table
+        self.augment = augment
+        self.seed = seed
+        self.in_chans = in_chans
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        image = load_checked_image(self.table, index, self.in_chans)
+        crops = self.augment(image, seed=self.seed, epoch=epoch, index=index)
+        return {"global": crops.global_crops, "local": crops.local_crops, "masks": crops.masks, "index": index}
+
+
+def collate_crops(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Crop-major batch: row ``crop * B + b`` holds crop `crop` of sample `b` (reference layout).
+
+    Returns ``global`` [n_g*B, C, G, G], ``local`` [n_l*B, C, L, L] (or None), ``masks`` bool
+    [n_g*B, N] and ``index`` [B].
+    """
+    n_global = len(samples[0]["global"])
+    n_local = len(samples[0]["local"])
+    glob = torch.stack([s["global"][j] for j in range(n_global) for s in samples])
+    local = torch.stack([s["local"][j] for j in range(n_local) for s in samples]) if n_local else None
+    masks = torch.stack([s["masks"][j] for j in range(n_global) for s in samples])
+    index = torch.tensor([s["index"] for s in samples], dtype=torch.long)
+    return {"global": glob, "local": local, "masks": masks, "index": index}
+
+
+class StepSampler(Sampler[list[tuple[int, int]]]):
+    """Batch sampler yielding, for steps ``start_step .. total_steps-1``, this rank's ``(epoch, index)`` list."""
+
+    def __init__(
+        self,
+        n_items: int,
+        *,
+        batch_size: int,
+        total_steps: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if n_items < 1:
+            raise ValueError("StepSampler needs at least one item")
+        self.n_items = n_items
+        self.batch_size = batch_size
+        self.total_steps = total_steps
+        self.seed = seed
+        self.start_step = start_step
+        self.rank = rank
+        self.world_size = world_size
+        self._perm_cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return max(self.total_steps - self.start_step, 0)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        perm = self._perm_cache.get(epoch)
+        if perm is None:
+            perm = torch.randperm(self.n_items, generator=make_generator(self.seed, epoch, _PERMUTATION_STREAM))
+            if len(self._perm_cache) >= 2:  # at most two epochs are in flight (a batch may straddle a boundary)
+                self._perm_cache.pop(min(self._perm_cache))
+            self._perm_cache[epoch] = perm
+        return perm
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        global_batch = self.batch_size * self.world_size
+        first = step * global_batch + self.rank * self.batch_size
+        out = []
+        for p in range(first, first + self.batch_size):
+            epoch = p // self.n_items
+            out.append((epoch, int(self.permutation(epoch)[p % self.n_items])))
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start_step, self.total_steps):
+            yield self.batch(step)

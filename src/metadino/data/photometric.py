@@ -1,0 +1,374 @@
+"""Photometric (intensity/colour) augmentation presets for one crop, in plain torch.
+
+A preset is a :class:`Photometric`: ``preset(crop, generator, crop_kind)`` applies the random ops and the
+normalization; ``preset.normalize(x)`` is the deterministic part alone (used by evaluation). All randomness
+comes from the generator passed in, so a crop is a pure function of its seed keys (see seeding.py).
+
+Presets (``PHOTOMETRIC_PRESETS``; add one by adding a factory to ``_PRESETS``):
+
+- ``natural``: the DINO colour pipeline for RGB images in [0, 1], with torchvision's formulas.
+- ``microscopy``: per-channel intensity jitter + channel dropout + per-image self-normalization, any C.
+- ``none``: no random op; Normalize(mean, std) if given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from metadino.data.seeding import draw_int, draw_uniform
+
+CROP_KINDS = ("global0", "global1", "local")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --- functional ops (torchvision formulas for float images in [0, 1]) ---------------------------------
+
+
+def rgb_to_grayscale(img: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma. Args: img [..., 3, H, W]. Returns [..., 1, H, W]."""
+    r, g, b = img.unbind(dim=-3)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
+
+
+def _blend(img1: torch.Tensor, img2: torch.Tensor, ratio: float) -> torch.Tensor:
+    # torchvision clamps float blends to [0, 1]: these ops assume images in [0, 1]
+    return (ratio * img1 + (1.0 - ratio) * img2).clamp(0.0, 1.0)
+
+
+def adjust_brightness(img: torch.Tensor, factor: float) -> torch.Tensor:
+    """clamp(factor * img, 0, 1). Args: img [..., C, H, W] in [0, 1]."""
+    return _blend(img, torch.zeros_like(img), factor)
+
+
+def adjust_contrast(img: torch.Tensor, factor: float) -> torch.Tensor:
+    """Blend with the mean of the grayscale image (per image). Args: img [..., 3, H, W] in [0, 1]."""
+    mean = rgb_to_grayscale(img).mean(dim=(-3, -2, -1), keepdim=True)
+    return _blend(img, mean, factor)
+
+
+def adjust_saturation(img: torch.Tensor, factor: float) -> torch.Tensor:
+    """Blend with the grayscale image; factor 0 gives grayscale. Args: img [..., 3, H, W] in [0, 1]."""
+    return _blend(img, rgb_to_grayscale(img), factor)
+
+
+def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
+    """Args: img [..., 3, H, W] in [0, 1]. Returns HSV [..., 3, H, W], all channels in [0, 1]."""
+    r, g, b = img.unbind(dim=-3)
+    maxc = img.max(dim=-3).values
+    minc = img.min(dim=-3).values
+    eqc = maxc == minc  # gray pixels: hue and saturation 0, avoid 0/0
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eqc, ones, maxc)
+    div = torch.where(eqc, ones, cr)
+    rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return torch.stack((h, s, maxc), dim=-3)
+
+
+def hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hsv`. Args: img [..., 3, H, W] HSV. Returns RGB [..., 3, H, W]."""
+    h, s, v = img.unbind(dim=-3)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    sector = i.to(torch.int64) % 6
+    p = (v * (1.0 - s)).clamp(0.0, 1.0)
+    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
+    # candidates per output channel for the 6 hue sectors: [..., 3, 6, H, W]
+    cand = torch.stack(
+        (
+            torch.stack((v, q, p, p, t, v), dim=-3),
+            torch.stack((t, v, v, q, p, p), dim=-3),
+            torch.stack((p, p, t, v, v, q), dim=-3),
+        ),
+        dim=-4,
+    )
+    index = sector.unsqueeze(-3).unsqueeze(-3).expand(*cand.shape[:-3], 1, *cand.shape[-2:])
+    return cand.gather(-3, index).squeeze(-3)
+
+
+def adjust_hue(img: torch.Tensor, factor: float) -> torch.Tensor:
+    """Rotate the hue by ``factor`` turns (in [-0.5, 0.5]) through HSV. Args: img [..., 3, H, W] in [0, 1]."""
+    hsv = rgb_to_hsv(img)
+    h, s, v = hsv.unbind(dim=-3)
+    return hsv_to_rgb(torch.stack(((h + factor) % 1.0, s, v), dim=-3))
+
+
+def solarize(img: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Invert pixels >= threshold (images in [0, 1])."""
+    return torch.where(img >= threshold, 1.0 - img, img)
+
+
+def gaussian_blur(img: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding, as torchvision. Args: img [C, H, W]; kernel_size odd."""
+    half = (kernel_size - 1) * 0.5
+    x = torch.linspace(-half, half, kernel_size, dtype=img.dtype, device=img.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = img.shape[-3]
+    pad = kernel_size // 2
+    out = F.pad(img.unsqueeze(0), (pad, pad, pad, pad), mode="reflect")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, kernel_size), groups=c)
+    out = F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, kernel_size, 1), groups=c)
+    return out.squeeze(0)
+
+
+def blur_kernel_size(crop_size: int, base_kernel: int = 9, base_size: int = 224) -> int:
+    """Kernel ``base_kernel`` at ``base_size`` px, scaled to the crop, odd, at least 3."""
+    k = 2 * int(round((base_kernel * crop_size / base_size - 1) / 2)) + 1
+    return max(3, k)
+
+
+def intensity_jitter(img: torch.Tensor, contrast: torch.Tensor, brightness: torch.Tensor) -> torch.Tensor:
+    """Per-channel contrast around the channel mean, then brightness; never clamped.
+
+    Args:
+        img: [C, H, W], any intensity range.
+        contrast, brightness: [C] factors.
+    """
+    mean = img.mean(dim=(-2, -1), keepdim=True)
+    c = contrast.to(img.dtype).view(-1, 1, 1)
+    out = c * img + (1.0 - c) * mean
+    return out * brightness.to(img.dtype).view(-1, 1, 1)
+
+
+def self_normalize(img: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Per-channel (x - mean_HW) / (biased std_HW + eps); a constant channel becomes 0. Args: img [C, H, W]."""
+    mean = img.mean(dim=(-2, -1), keepdim=True)
+    std = img.std(dim=(-2, -1), keepdim=True, correction=0)
+    return (img - mean) / (std + eps)
+
+
+def _coin(generator: torch.Generator, p: float) -> bool:
+    """True with probability p (p=1 always, p=0 never)."""
+    return torch.rand((), generator=generator, dtype=torch.float64).item() < p
+
+
+# --- presets ------------------------------------------------------------------------------------------
+
+
+class Photometric:
+    """Base preset: identity, optionally followed by Normalize(mean, std).
+
+    Args:
+        in_chans: number of channels the preset expects.
+        mean, std: per-channel normalization, both or neither; length in_chans.
+    """
+
+    def __init__(self, in_chans: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std for normalization, or neither")
+        if mean is not None and std is not None:
+            if len(mean) != in_chans or len(std) != in_chans:
+                raise ValueError(
+                    f"mean/std have {len(mean)}/{len(std)} values but the images have {in_chans} channels"
+                )
+            if any(s <= 0 for s in std):
+                raise ValueError(f"std values must be > 0, got {list(std)}")
+        self.in_chans = in_chans
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic part only. Args: x [C, H, W]."""
+        if self.mean is None or self.std is None:
+            return x
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return (x - mean) / std
+
+    def augment(self, crop: torch.Tensor, generator: torch.Generator, crop_kind: str) -> torch.Tensor:
+        """Random ops (subclasses override). Args: crop [C, H, W]."""
+        return crop
+
+    def __call__(self, crop: torch.Tensor, generator: torch.Generator, crop_kind: str) -> torch.Tensor:
+        """Random ops then normalization. Args: crop float [C, H, W]; crop_kind in CROP_KINDS."""
+        if crop_kind not in CROP_KINDS:
+            raise ValueError(f"crop_kind must be one of {CROP_KINDS}, got {crop_kind!r}")
+        if crop.dim() != 3 or crop.shape[0] != self.in_chans:
+            raise ValueError(f"expected a [{self.in_chans}, H, W] crop, got shape {tuple(crop.shape)}")
+        return self.normalize(self.augment(crop, generator, crop_kind))
+
+
+class NaturalPhotometric(Photometric):
+    """DINO colour pipeline for RGB crops with values in [0, 1].
+
+    ColorJitter(0.4, 0.4, 0.2, 0.1) with p=0.8 (ops in random order, as torchvision), RandomGrayscale
+    p=0.2, Gaussian blur (kernel 9 at 224 px scaled to the crop, sigma U(0.1, 2.0)), solarize p=0.2 on
+    global1 only, Normalize (ImageNet by default).
+
+    Deviation from the reference: the blur probabilities are the intended ones (global0 1.0, global1 0.1,
+    local 0.5). The DINOv3 reference inverts them (global0 never, global1 0.9; fino-spec §0.5, dinov3#286).
+    Only the kernel scales with the crop (9 at 224 px, 5 at 128 px, 3 at 96 px); sigma stays U(0.1, 2.0) in pixels.
+    The reference's ``gaussian_blur: false`` removes blur and solarize: here ``blur=False, solarize=False``.
+    """
+
+    blur_p = {"global0": 1.0, "global1": 0.1, "local": 0.5}
+    solarize_p = {"global0": 0.0, "global1": 0.2, "local": 0.0}
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        *,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        saturation: float = 0.2,
+        hue: float = 0.1,
+        jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
+        blur: bool = True,
+        solarize: bool = True,
+        sigma: tuple[float, float] = (0.1, 2.0),
+    ):
+        if in_chans != 3:
+            raise ValueError(f"the 'natural' photometric preset needs RGB images (3 channels), got {in_chans}")
+        if mean is None and std is None:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        super().__init__(in_chans, mean, std)
+        self.brightness = (max(0.0, 1.0 - brightness), 1.0 + brightness)
+        self.contrast = (max(0.0, 1.0 - contrast), 1.0 + contrast)
+        self.saturation = (max(0.0, 1.0 - saturation), 1.0 + saturation)
+        self.hue = (-hue, hue)
+        self.jitter_p = jitter_p
+        self.grayscale_p = grayscale_p
+        self.blur = blur
+        self.solarize_enabled = solarize
+        self.sigma = sigma
+
+    def color_jitter(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """torchvision ColorJitter: random order of the 4 ops, factors drawn up front."""
+        order = torch.randperm(4, generator=generator).tolist()
+        b = draw_uniform(generator, *self.brightness)
+        c = draw_uniform(generator, *self.contrast)
+        s = draw_uniform(generator, *self.saturation)
+        h = draw_uniform(generator, *self.hue)
+        ops: list[Callable[[torch.Tensor], torch.Tensor]] = [
+            lambda x: adjust_brightness(x, b),
+            lambda x: adjust_contrast(x, c),
+            lambda x: adjust_saturation(x, s),
+            lambda x: adjust_hue(x, h),
+        ]
+        for i in order:
+            img = ops[i](img)
+        return img
+
+    def augment(self, crop: torch.Tensor, generator: torch.Generator, crop_kind: str) -> torch.Tensor:
+        if _coin(generator, self.jitter_p):
+            crop = self.color_jitter(crop, generator)
+        if _coin(generator, self.grayscale_p):
+            crop = rgb_to_grayscale(crop).expand_as(crop).clone()
+        if self.blur and _coin(generator, self.blur_p[crop_kind]):
+            k = blur_kernel_size(min(crop.shape[-2:]))
+            crop = gaussian_blur(crop, k, draw_uniform(generator, *self.sigma))
+        if self.solarize_enabled and _coin(generator, self.solarize_p[crop_kind]):
+            crop = solarize(crop, 0.5)
+        return crop
+
+
+class MicroscopyPhotometric(Photometric):
+    """Intensity augmentation for any channel count (fluorescence microscopy and the like).
+
+    Per channel c: contrast f_c = max(N(1, 0.2), 0.5) around the channel mean, then brightness
+    g_c = max(N(1, 0.2), 0.5); then, when C >= 2, with p=0.2 one uniformly chosen channel is zeroed (never
+    all); optional blur (off by default); then per-image per-channel self-normalization.
+
+    Deviation from the reference: the jitter is never clamped. The reference's HPA pipeline clamps to
+    [0, 1] on 0..255 inputs, which turns channels into near-binary masks (fino-spec §0.6).
+    ``mean``/``std`` are ignored: self-normalization replaces them.
+    """
+
+    def __init__(
+        self,
+        in_chans: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        *,
+        jitter_std: float = 0.2,
+        min_factor: float = 0.5,
+        channel_drop_p: float = 0.2,
+        blur_p: float = 0.0,
+        sigma: tuple[float, float] = (0.1, 2.0),
+    ):
+        super().__init__(in_chans)
+        self.jitter_std = jitter_std
+        self.min_factor = min_factor
+        self.channel_drop_p = channel_drop_p
+        self.blur_p = blur_p
+        self.sigma = sigma
+
+    def _factors(self, generator: torch.Generator) -> torch.Tensor:
+        f = 1.0 + self.jitter_std * torch.randn(self.in_chans, generator=generator, dtype=torch.float64)
+        return f.clamp_min(self.min_factor)
+
+    def augment(self, crop: torch.Tensor, generator: torch.Generator, crop_kind: str) -> torch.Tensor:
+        contrast = self._factors(generator)
+        brightness = self._factors(generator)
+        crop = intensity_jitter(crop, contrast, brightness)
+        if self.in_chans >= 2 and _coin(generator, self.channel_drop_p):
+            crop = crop.clone()
+            crop[draw_int(generator, 0, self.in_chans - 1)] = 0.0
+        if self.blur_p > 0 and _coin(generator, self.blur_p):
+            crop = gaussian_blur(crop, blur_kernel_size(min(crop.shape[-2:])), draw_uniform(generator, *self.sigma))
+        return crop
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return self_normalize(x)
+
+
+def _natural(in_chans: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> Photometric:
+    return NaturalPhotometric(in_chans, mean, std)
+
+
+def _microscopy(in_chans: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> Photometric:
+    return MicroscopyPhotometric(in_chans)
+
+
+def _none(in_chans: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> Photometric:
+    return Photometric(in_chans, mean, std)
+
+
+# The one place that maps a preset name to its builder; add xray/satellite presets here.
+_PRESETS: dict[str, Callable[[int, Sequence[float] | None, Sequence[float] | None], Photometric]] = {
+    "natural": _natural,
+    "microscopy": _microscopy,
+    "none": _none,
+}
+PHOTOMETRIC_PRESETS: tuple[str, ...] = tuple(_PRESETS)
+
+
+def build_photometric(
+    preset: str, *, in_chans: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> Photometric:
+    """Build a preset by name (one of ``PHOTOMETRIC_PRESETS``); ValueError for unknown names or a bad C."""
+    if preset not in _PRESETS:
+        raise ValueError(f"unknown photometric preset {preset!r}; choose one of {', '.join(PHOTOMETRIC_PRESETS)}")
+    return _PRESETS[preset](in_chans, mean, std)
+
+
+__all__ = [
+    "CROP_KINDS",
+    "PHOTOMETRIC_PRESETS",
+    "MicroscopyPhotometric",
+    "NaturalPhotometric",
+    "Photometric",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
+    "build_photometric",
+    "gaussian_blur",
+    "intensity_jitter",
+    "self_normalize",
+]

@@ -1,0 +1,39 @@
+"""Weighted k-NN classifier on frozen features (DINO protocol: cosine similarity, exp(s/T) votes)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def knn_predict(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    *,
+    n_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Class scores [N_test, n_classes] from the k nearest training samples.
+
+    Args:
+        train_features: [N_train, D]; train_labels: int64 [N_train] in [0, n_classes).
+        test_features: [N_test, D]. Features are L2-normalised here.
+    Each neighbour votes for its class with weight exp(cosine / temperature) (Wu et al. 2018, as in
+    DINO). Test rows are processed in chunks, so the result does not depend on the batch size.
+    """
+    train = F.normalize(train_features.float(), dim=1)
+    test = F.normalize(test_features.float(), dim=1)
+    k = min(k, train.shape[0])
+    scores = []
+    for start in range(0, test.shape[0], chunk_size):
+        sim = test[start : start + chunk_size] @ train.T
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim / temperature).exp()
+        votes = torch.zeros(sim.shape[0], n_classes, dtype=weights.dtype)
+        votes.scatter_add_(1, train_labels[top_idx], weights)
+        scores.append(votes)
+    return torch.cat(scores) if scores else torch.empty(0, n_classes)

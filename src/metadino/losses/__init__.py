@@ -1,0 +1,19 @@
+"""metadino.losses: SSL losses (DINO, iBOT, KoLeo, SIGReg) and teacher centering."""
+
+from __future__ import annotations
+
+from metadino.losses.centering import SoftmaxCenter, sinkhorn_knopp
+from metadino.losses.dino import DINOLoss
+from metadino.losses.ibot import IBOTPatchLoss
+from metadino.losses.koleo import KoLeoLoss
+from metadino.losses.sigreg import DEFAULT_SIGREG_SEED, SIGReg
+
+__all__ = [
+    "DEFAULT_SIGREG_SEED",
+    "DINOLoss",
+    "IBOTPatchLoss",
+    "KoLeoLoss",
+    "SIGReg",
+    "SoftmaxCenter",
+    "sinkhorn_knopp",
+]

@@ -1,0 +1,75 @@
+"""DINO / iBOT projection head (spec §6).
+
+The iBOT head is another :class:`DINOHead` instance; whether it is shared with the DINO head is the
+caller's decision.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["DINOHead", "l2_normalize_eps"]
+
+
+def l2_normalize_eps(dtype: torch.dtype) -> float:
+    """Epsilon of the bottleneck L2 normalization: 1e-12 underflows in half precision, so use 1e-6 there."""
+    return 1e-6 if dtype in (torch.float16, torch.bfloat16) else 1e-12
+
+
+class DINOHead(nn.Module):
+    """MLP -> L2 normalize -> linear prototypes (no weight norm, as in DINOv3).
+
+    MLP: ``Linear(in, hidden) -> GELU -> [Linear(hidden, hidden) -> GELU] * (nlayers - 2) -> Linear(hidden,
+    bottleneck)``; with ``nlayers == 1`` it is a single ``Linear(in, bottleneck)``.
+    ``last_layer = Linear(bottleneck, out_dim, bias=False)``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+    ) -> None:
+        super().__init__()
+        if nlayers < 1:
+            raise ValueError(f"nlayers must be >= 1, got {nlayers}")
+        self.in_dim, self.out_dim, self.bottleneck_dim = in_dim, out_dim, bottleneck_dim
+        layers: list[nn.Module]
+        if nlayers == 1:
+            layers = [nn.Linear(in_dim, bottleneck_dim)]
+        else:
+            layers = [nn.Linear(in_dim, hidden_dim), nn.GELU()]
+            for _ in range(nlayers - 2):
+                layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
+            layers.append(nn.Linear(hidden_dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor, return_bottleneck: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Project features to prototype logits.
+
+        Args:
+            x: [N, in_dim] features (e.g. CLS tokens, or masked patch tokens for iBOT).
+            return_bottleneck: also return the MLP output before L2 normalization (used by SIGReg).
+
+        Returns:
+            logits [N, out_dim], or ``(logits, bottleneck [N, bottleneck_dim])``.
+        """
+        bottleneck = self.mlp(x)
+        z = F.normalize(bottleneck, p=2, dim=-1, eps=l2_normalize_eps(bottleneck.dtype))
+        logits = self.last_layer(z)
+        if return_bottleneck:
+            return logits, bottleneck
+        return logits

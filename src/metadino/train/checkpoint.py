@@ -1,0 +1,91 @@
+"""Atomic, versioned training checkpoints.
+
+Layout: ``RUN_DIR/checkpoints/step_00000100.pt`` plus a ``latest`` text file naming the newest
+complete one. Each file is written to a temporary name and renamed into place, and ``latest`` is
+rewritten (the same way) only after the rename, so an interrupted save never leaves a half file
+under a real name and ``latest`` always names a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metadino.errors import UserError
+
+SCHEMA_VERSION = 1
+LATEST = "latest"
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], *, keep: int) -> Path:
+    """Write ``state`` for `step` (the number of completed steps) and prune older checkpoints."""
+    directory = checkpoint_dir(run_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"step_{step:08d}.pt"
+    payload = {"schema_version": SCHEMA_VERSION, "step": step, **state}
+    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    _atomic_write(directory / LATEST, lambda tmp: tmp.write_text(path.name + "\n"))
+    for old in sorted(directory.glob("step_*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, newest first: the one `latest` names, then older ones by step."""
+    directory = checkpoint_dir(run_dir)
+    found = sorted(directory.glob("step_*.pt"), reverse=True)
+    pointer = directory / LATEST
+    if pointer.is_file():
+        named = directory / pointer.read_text().strip()
+        if named in found:
+            found.remove(named)
+            found.insert(0, named)
+    return found
+
+
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/corrupt zips
+        raise UserError(f"checkpoint '{path}' cannot be read (it is probably truncated or corrupt): {e}") from None
+    if not isinstance(state, dict) or state.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"checkpoint '{path}' is not a metadino checkpoint of schema version {SCHEMA_VERSION}.")
+    return state
+
+
+def load_latest_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    """The newest readable checkpoint; a corrupt newest one falls back to the previous with a warning."""
+    candidates = list_checkpoints(run_dir)
+    if not candidates:
+        raise UserError(f"no checkpoint found in '{checkpoint_dir(run_dir)}'; nothing to resume or export.")
+    errors = []
+    for path in candidates:
+        try:
+            state = load_checkpoint_file(path)
+        except UserError as e:
+            errors.append(str(e))
+            continue
+        if errors:
+            warnings.warn(f"skipped unreadable checkpoint(s): {'; '.join(errors)}; using '{path.name}'.", stacklevel=2)
+        return state
+    raise UserError(errors[0])

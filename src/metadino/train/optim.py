@@ -1,0 +1,78 @@
+"""AdamW parameter groups: layer-wise LR decay, no weight decay on norms/biases, frozen last layer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from metadino.models.backbone import Backbone
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    lr_mult: float
+    wd_mult: float
+    is_last_layer: bool
+    is_backbone: bool
+
+
+def _wd_mult(name: str, param: torch.Tensor) -> float:
+    # Biases, norms and layer-scale vectors are not decayed (DINOv2 convention); tokens and
+    # position embeddings are (as in the reference, §8).
+    return 0.0 if param.ndim <= 1 or name.endswith("bias") or "norm" in name else 1.0
+
+
+def build_param_groups(
+    backbone: Backbone,
+    heads: Iterable[tuple[str, nn.Module]],
+    *,
+    layer_decay: float,
+    patch_embed_lr_mult: float,
+) -> list[dict]:
+    """One AdamW group per distinct (lr_mult, wd_mult, is_last_layer, is_backbone).
+
+    Backbone block i (of L) gets ``layer_decay ** (L + 1 - layer_id)``; the patch embedding and the
+    learned tokens are layer 0, and additionally ``patch_embed_lr_mult`` for the patch embedding.
+    Heads train at multiplier 1. Parameters with ``requires_grad=False`` get no group (and no state).
+    """
+    n_layers = len(backbone.blocks)
+    groups: dict[GroupKey, list[torch.nn.Parameter]] = {}
+    names: dict[GroupKey, list[str]] = {}
+
+    def add(name: str, param: torch.nn.Parameter, key: GroupKey) -> None:
+        groups.setdefault(key, []).append(param)
+        names.setdefault(key, []).append(name)
+
+    for name, param in backbone.named_parameters():
+        if not param.requires_grad:
+            continue
+        lr_mult = layer_decay ** (n_layers + 1 - backbone.layer_id(name))
+        if backbone.is_patch_embed(name):
+            lr_mult *= patch_embed_lr_mult
+        add(f"backbone.{name}", param, GroupKey(lr_mult, _wd_mult(name, param), False, True))
+    for prefix, module in heads:
+        for name, param in module.named_parameters():
+            if param.requires_grad:
+                add(f"{prefix}.{name}", param, GroupKey(1.0, _wd_mult(name, param), "last_layer" in name, False))
+    return [
+        {
+            "params": params,
+            "lr_mult": key.lr_mult,
+            "wd_mult": key.wd_mult,
+            "is_last_layer": key.is_last_layer,
+            "is_backbone": key.is_backbone,
+            "param_names": names[key],
+        }
+        for key, params in groups.items()
+    ]
+
+
+def apply_optim_schedule(optimizer: torch.optim.Optimizer, *, lr: float, weight_decay: float, last_layer_lr: float) -> None:
+    """Set every group's lr/weight decay from the scheduled values and the group's multipliers."""
+    for group in optimizer.param_groups:
+        base = last_layer_lr if group["is_last_layer"] else lr
+        group["lr"] = base * group["lr_mult"]
+        group["weight_decay"] = weight_decay * group["wd_mult"]

@@ -1,0 +1,28 @@
+"""Training schedules as pure functions of the global step.
+
+Nothing here holds state, so a resumed run recomputes exactly the values an uninterrupted run
+would have used at the same step.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def warmup_cosine(step: int, *, total: int, peak: float, end: float, warmup: int = 0, start: float = 0.0) -> float:
+    """Linear warm-up from `start` to `peak` over `warmup` steps, then cosine from `peak` to `end`.
+
+    The cosine reaches `end` at the last step (`total - 1`) and stays there afterwards.
+    """
+    if step < warmup:
+        return start + (peak - start) * step / warmup
+    span = max(total - 1 - warmup, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
+    return end + 0.5 * (peak - end) * (1.0 + math.cos(math.pi * progress))
+
+
+def linear_warmup(step: int, *, start: float, end: float, warmup: int) -> float:
+    """`start` -> `end` linearly over `warmup` steps, then constant `end`."""
+    if warmup <= 0 or step >= warmup:
+        return end
+    return start + (end - start) * step / warmup

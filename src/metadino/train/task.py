@@ -1,0 +1,142 @@
+"""The SSL task: student/teacher forward passes -> named loss terms.
+
+The task owns what one step computes; the loop only sums nothing, logs and steps. Layout follows
+the reference (crop-major rows ``crop * B + b``): the teacher sees the unmasked global crops in
+eval mode, the student sees the masked global crops and the local crops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metadino.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, SoftmaxCenter, sinkhorn_knopp
+from metadino.models.backbone import Backbone
+from metadino.models.heads import DINOHead
+
+
+class SSLModel(nn.Module):
+    """Backbone + DINO head (+ iBOT head). The student is wrapped by DDP as one module."""
+
+    def __init__(self, backbone: Backbone, dino_head: DINOHead, ibot_head: DINOHead | None):
+        super().__init__()
+        self.backbone = backbone
+        self.dino_head = dino_head
+        self.ibot_head = ibot_head
+
+    def forward(
+        self, global_crops: Tensor, local_crops: Tensor | None, masks: Tensor | None, *, mask_inputs: bool
+    ) -> dict[str, Tensor]:
+        """global_crops [n_g*B, C, G, G]; local_crops [n_l*B, C, L, L] or None; masks bool [n_g*B, N].
+
+        With ``mask_inputs`` (student) the masked patches are replaced by the mask token; the teacher
+        passes ``mask_inputs=False`` and reads its iBOT targets at the same positions.
+        Returns ``global_cls`` [n_g*B, D], ``dino_logits`` [(n_g+n_l)*B, K] (global rows first),
+        ``bottleneck`` [n_g*B, bottleneck] and, with an iBOT head, ``ibot_logits`` [M, K].
+        """
+        g = self.backbone(global_crops, masks if mask_inputs else None)
+        cls = [g.cls]
+        if local_crops is not None:
+            cls.append(self.backbone(local_crops).cls)
+        logits, bottleneck = self.dino_head(torch.cat(cls), return_bottleneck=True)
+        out = {"global_cls": g.cls, "dino_logits": logits, "bottleneck": bottleneck[: g.cls.shape[0]]}
+        if self.ibot_head is not None and masks is not None:
+            # An empty selection still runs the head, so DDP sees every parameter used.
+            out["ibot_logits"] = self.ibot_head(g.patches[masks])
+        return out
+
+
+class SSLTask(nn.Module):
+    """DINOv1 (DINO + softmax centering) or DINOv2 (DINO + iBOT + KoLeo, Sinkhorn-Knopp)."""
+
+    def __init__(
+        self,
+        student: SSLModel,
+        teacher: SSLModel,
+        *,
+        method: str,
+        n_global: int,
+        student_temp: float,
+        dino_loss_weight: float,
+        ibot_loss_weight: float,
+        koleo_loss_weight: float,
+        center_momentum: float,
+        ignore_diagonal: bool,
+    ):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.method = method
+        self.n_global = n_global
+        self.dino_loss = DINOLoss(student_temp=student_temp, ignore_diagonal=ignore_diagonal)
+        self.ibot_loss = IBOTPatchLoss(student_temp=student_temp)
+        self.koleo_loss = KoLeoLoss()
+        out_dim = student.dino_head.last_layer.out_features
+        self.dino_center = SoftmaxCenter(out_dim, momentum=center_momentum) if method == "dinov1" else None
+        self.weights = {"dino": dino_loss_weight, "ibot": ibot_loss_weight, "koleo": koleo_loss_weight}
+        # The loop may swap in a DDP-wrapped student; kept out of the module tree (no duplicate state).
+        self.__dict__["_student_call"] = self.student
+
+    def set_student_call(self, fn: Callable[..., dict[str, Tensor]]) -> None:
+        self.__dict__["_student_call"] = fn
+
+    def train(self, mode: bool = True) -> SSLTask:
+        super().train(mode)
+        self.teacher.eval()  # no drop-path, no RoPE jitter on the teacher, ever
+        return self
+
+    @torch.no_grad()
+    def _teacher_targets(self, batch: dict[str, Any], teacher_temp: float) -> dict[str, Tensor]:
+        out = self.teacher(batch["global"], None, batch["masks"], mask_inputs=False)
+        logits = out["dino_logits"].float()
+        if self.dino_center is not None:
+            probs = self.dino_center.probs(logits, teacher_temp)
+            self.dino_center.update(logits)
+        else:
+            probs = sinkhorn_knopp(logits, teacher_temp)
+        targets = {"dino": probs}
+        if "ibot_logits" in out:
+            targets["ibot"] = sinkhorn_knopp(out["ibot_logits"].float(), teacher_temp)
+        return targets
+
+    def forward(self, batch: dict[str, Any], *, teacher_temp: float) -> dict[str, Tensor]:
+        """One step's loss terms. Keys: dino_local, dino_global, dino, [ibot], [koleo], total."""
+        glob, local, masks = batch["global"], batch["local"], batch["masks"]
+        n_g = self.n_global
+        B = glob.shape[0] // n_g
+        use_masks = self.method == "dinov2"
+        targets = self._teacher_targets(batch, teacher_temp)
+        out = self._student_call(glob, local, masks if use_masks else None, mask_inputs=use_masks)
+
+        logits = out["dino_logits"].float()
+        K = logits.shape[-1]
+        student_global = logits[: n_g * B].view(n_g, B, K)
+        student_local = logits[n_g * B :].view(-1, B, K) if local is not None else None
+        terms = self.dino_loss(student_global, student_local, targets["dino"].view(n_g, B, K))
+        total = self.weights["dino"] * terms["dino"]
+
+        if use_masks and "ibot_logits" in out:
+            counts = masks.sum(dim=1).clamp(min=1)
+            masks_weight = (1.0 / counts.float()).unsqueeze(1).expand_as(masks)[masks]
+            terms["ibot"] = self.ibot_loss(out["ibot_logits"].float(), targets["ibot"], masks_weight, n_images=n_g * B)
+            total = total + self.weights["ibot"] * terms["ibot"]
+        if self.method == "dinov2" and self.weights["koleo"] > 0:
+            # Reference: weight x n_global x mean over global crops of the per-crop KoLeo.
+            per_crop = [self.koleo_loss(c) for c in out["global_cls"].float().chunk(n_g)]
+            terms["koleo"] = torch.stack(per_crop).mean() * n_g
+            total = total + self.weights["koleo"] * terms["koleo"]
+        terms["total"] = total
+        return terms
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """EMA: teacher <- m * teacher + (1 - m) * student, for every parameter (matched by order)."""
+        t = [p for p in self.teacher.parameters()]
+        s = [p.detach() for p in self.student.parameters()]
+        torch._foreach_mul_(t, momentum)
+        torch._foreach_add_(t, s, alpha=1.0 - momentum)

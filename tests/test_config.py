@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from metadino.config import (
+    Config,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    diff_configs,
+    load_config,
+    parse_override,
+    save_config,
+)
+from metadino.errors import UserError
+
+BASE = {"data": {"table": "meta.csv"}, "model": {"backbone": "builtin:vit-tiny", "patch_size": 8}, "crops": {"global_size": 32, "local_size": 16}}
+
+
+def make(**sections) -> Config:
+    data = {k: dict(v) for k, v in BASE.items()}
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return config_from_dict(data)
+
+
+def test_defaults_and_types():
+    cfg = make()
+    assert cfg.train.steps == 1000 and cfg.ssl.method == "dinov2"
+    assert cfg.crops.global_scale == (0.32, 1.0)
+    assert cfg.optim.lr == 5e-4 and isinstance(make(optim={"lr": 1}).optim.lr, float)
+
+
+@pytest.mark.parametrize(
+    "section,values,key",
+    [
+        ("train", {"stpes": 3}, "train.stpes"),
+        ("model", {"backbone": 3}, "model.backbone"),
+        ("train", {"steps": "many"}, "train.steps"),
+        ("train", {"steps": 1.5}, "train.steps"),
+        ("train", {"steps": True}, "train.steps"),
+        ("ssl", {"method": "dinov5"}, "ssl.method"),
+        ("crops", {"global_scale": [0.5]}, "crops.global_scale"),
+        ("ssl", {"head": {"out_dim": "x"}}, "ssl.head.out_dim"),
+        ("crops", {"local_size": 64}, "crops.local_size"),  # larger than the global crop
+        ("crops", {"global_size": 30}, "crops.global_size"),  # not a multiple of the patch
+        ("crops", {"global_scale": [0.9, 0.2]}, "crops.global_scale"),
+        ("crops", {"photometric": "sepia"}, "crops.photometric"),
+        ("model", {"in_chans": 4}, "crops.photometric"),  # natural preset needs RGB
+        ("train", {"device": "tpu"}, "train.device"),
+        ("train", {"steps": 0}, "train.steps"),
+    ],
+)
+def test_rejects_with_key_path(section, values, key):
+    with pytest.raises(UserError) as e:
+        make(**{section: values})
+    assert f"'{key}'" in str(e.value)
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(UserError, match="Did you mean 'train.steps'"):
+        make(train={"stpes": 3})
+    with pytest.raises(UserError, match="unknown config key 'trian'"):
+        config_from_dict({**BASE, "trian": {}})
+
+
+def test_table_is_required():
+    with pytest.raises(UserError, match="data.table"):
+        config_from_dict({})
+
+
+def test_overrides_parse_yaml_values():
+    assert parse_override("train.steps=200") == (["train", "steps"], 200)
+    assert parse_override("crops.global_scale=[0.4, 1]") == (["crops", "global_scale"], [0.4, 1])
+    assert parse_override("data.rows={split: train}")[1] == {"split": "train"}
+    for bad in ("train.steps", "=3", "train..steps=3"):
+        with pytest.raises(UserError):
+            parse_override(bad)
+    with pytest.raises(UserError, match="is a value, not a section"):
+        apply_overrides({"train": {"steps": 3}}, ["train.steps.x=1"])
+
+
+def test_load_save_roundtrip_and_relative_table(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "train": {"steps": 7}}))
+    cfg = load_config(path, ["train.batch_size=3", "optim.lr=0.001"])
+    assert cfg.train.steps == 7 and cfg.train.batch_size == 3 and cfg.optim.lr == 0.001
+    assert cfg.data.table == str((tmp_path / "meta.csv").resolve())
+    save_config(cfg, tmp_path / "saved.yaml", {"git_sha": None})
+    again = load_config(tmp_path / "saved.yaml", [])
+    assert config_to_dict(again) == config_to_dict(cfg)
+    assert diff_configs(config_to_dict(cfg), config_to_dict(make(train={"steps": 8}))) != []
+
+
+def test_bad_yaml_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_config(lst)
