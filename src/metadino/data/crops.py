@@ -201,21 +201,25 @@ class MultiCropAugmentation:
         return Crops(global_crops=global_crops, local_crops=local_crops, masks=masks)
 
     def eval_transform(self, image: torch.Tensor, size: int) -> torch.Tensor:
-        """Deterministic: resize the shorter side to ``size``, center-crop ``size`` x ``size``, normalize.
-
-        Args:
-            image: float [C, H, W].
-            size: output size, a multiple of patch_size.
-        Returns:
-            [C, size, size] after the preset's normalization (no random op).
-        """
+        """Deterministic evaluation view (see :func:`eval_view`); ``size`` must be a multiple of patch_size."""
         self._check(image)
         if size < self.patch_size or size % self.patch_size:
             raise ValueError(f"eval size {size} must be a positive multiple of patch_size={self.patch_size}")
-        h, w = image.shape[1], image.shape[2]
-        # torchvision Resize(int): the long side is truncated, not rounded
-        new_h, new_w = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
-        image = resize(image, (new_h, new_w))
-        top = int(round((new_h - size) / 2.0))
-        left = int(round((new_w - size) / 2.0))
-        return self.photometric.normalize(image[:, top : top + size, left : left + size].contiguous())
+        return eval_view(image, size, self.photometric)
+
+
+def eval_view(image: torch.Tensor, size: int, photometric: Photometric) -> torch.Tensor:
+    """Resize the shorter side to ``size``, centre-crop ``size`` x ``size``, apply the preset's normalisation.
+
+    Args:
+        image: float [C, H, W].
+    Returns:
+        [C, size, size]; no random operation, so embeddings are reproducible.
+    """
+    h, w = image.shape[1], image.shape[2]
+    # torchvision Resize(int): the long side is truncated, not rounded
+    new_h, new_w = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+    image = resize(image, (new_h, new_w))
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    return photometric.normalize(image[:, top : top + size, left : left + size].contiguous())

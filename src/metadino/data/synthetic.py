@@ -583,8 +583,10 @@ def _render(rng: np.random.Generator, size: int, lines: list[_CellLine], abs_: l
     protein[i] = ring.max(axis=1) * 0.9 + 0.12 * cell[i]
     i = sel("mitochondria")
     if len(i):
-        blobs = np.clip(_smooth_noise(rng, len(i), s, max(6, int(s / (3.0 * dot_size[i].mean())))) - 0.6, 0, None)
-        protein[i] = np.clip(blobs * 1.2, 0, 1) * cyto[i] * (0.4 + 0.6 * perinuclear[i])
+        # Blobs = peaks of fine noise; a larger antibody dot size lowers the threshold (bigger, merged blobs).
+        threshold = (0.8 / dot_size[i])[:, None, None]
+        blobs = np.clip(_smooth_noise(rng, len(i), s, max(6, s // 3)) - threshold, 0, None)
+        protein[i] = np.clip(blobs * 1.5, 0, 1) * cyto[i] * (0.4 + 0.6 * perinuclear[i])
     i = sel("endoplasmic_reticulum")
     protein[i] = er_ch[i]
     i = sel("golgi")
@@ -596,9 +598,9 @@ def _render(rng: np.random.Generator, size: int, lines: list[_CellLine], abs_: l
         gx = gx0[..., None] + rng.normal(0, 1, (len(i), k, _GOLGI_BLOBS)) * spread_g * 0.6
         gy = gy0[..., None] + rng.normal(0, 1, (len(i), k, _GOLGI_BLOBS)) * spread_g * 0.6
         sig = np.maximum(0.7, 0.05 * s * dot_size[i, None, None] * rng.uniform(0.6, 1.2, (len(i), k, _GOLGI_BLOBS)))
-        w = np.repeat(exists[i][..., None] * e4(expression[i])[..., 0, 0][..., None], _GOLGI_BLOBS, axis=2)
+        w = np.repeat(exists[i][..., None], _GOLGI_BLOBS, axis=2) * rng.uniform(0.5, 1.0, (len(i), k, _GOLGI_BLOBS))
         protein[i] = np.clip(_dots(gy.reshape(len(i), -1), gx.reshape(len(i), -1), sig.reshape(len(i), -1),
-                                   w.reshape(len(i), -1) * 0.8, s), 0, 1.5) * cell[i]
+                                   w.reshape(len(i), -1), s), 0, 1.2) * cell[i]
     i = sel("vesicles")
     if len(i):
         count = np.clip(np.round(rng.uniform(5, 12, (len(i), k)) * dot_count[i, None]), 3, _MAX_DOTS)

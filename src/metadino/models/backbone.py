@@ -264,8 +264,15 @@ class HFBackbone(Backbone):
         return [self._split(norm(h)) for h in hidden[-n:]]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        # transformers >= 5.23 renamed gradient_checkpointing_* to activation_checkpointing_* (old names warn)
         if enable:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}
+            if hasattr(self.model, "activation_checkpointing_enable"):
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        elif hasattr(self.model, "activation_checkpointing_disable"):
+            self.model.activation_checkpointing_disable()
         else:
             self.model.gradient_checkpointing_disable()
 

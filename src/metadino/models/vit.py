@@ -166,7 +166,10 @@ class VisionTransformer(Backbone):
 
     @property
     def blocks(self) -> nn.ModuleList:  # registered as a submodule named "blocks" (names "blocks.<i>.")
-        return self._modules["blocks"]  # type: ignore[return-value]
+        blocks = self._modules.get("blocks")
+        if blocks is None:  # AttributeError (not KeyError) so nn.Module.add_module can register it
+            raise AttributeError("blocks")
+        return blocks  # type: ignore[return-value]
 
     def reset_parameters(self) -> None:
         """trunc_normal(0.02) weights and tokens, zero biases and mask token, unit LayerNorms."""
