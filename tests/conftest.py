@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from testkit import write_image_table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -35,3 +36,8 @@ def _deterministic_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+@pytest.fixture
+def image_table(tmp_path) -> Path:
+    return write_image_table(tmp_path / "data")

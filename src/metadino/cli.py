@@ -199,7 +199,13 @@ COMMANDS = {"train": _cmd_train, "export": _cmd_export, "embed": _cmd_embed, "de
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come after options (`train cfg.yaml --out r train.steps=9`): collect them here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "train" or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

@@ -376,7 +376,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     table = (data.get("data") or {}).get("table") if isinstance(data.get("data"), dict) else None
     if path is not None and isinstance(table, str) and table and not Path(table).is_absolute():
         data["data"]["table"] = str((Path(path).parent / table).resolve())
-    return config_from_dict(apply_overrides(data, list(overrides)))
+    data = apply_overrides(data, list(overrides))
+    table = data.get("data", {}).get("table") if isinstance(data.get("data"), dict) else None
+    if isinstance(table, str) and table:  # overrides are relative to the working directory
+        data["data"]["table"] = str(Path(table).resolve())
+    return config_from_dict(data)
 
 
 def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = None) -> None:

@@ -184,7 +184,7 @@ def test_grad_checkpointing_same_result(kind: str, hf_dirs: dict[str, Path]) -> 
         bb.set_grad_checkpointing(enable)
         bb.zero_grad(set_to_none=True)
         count = [0]
-        hook = bb.blocks[0].register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        hook = bb.blocks[0].norm1.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
         torch.manual_seed(1)  # DINOv3 draws a random RoPE rescale in train mode
         tok = bb(x)
         (tok.cls.pow(2).sum() + tok.patches.sum()).backward()
@@ -349,6 +349,22 @@ def test_unsupported_hf_class(tmp_path: Path) -> None:
 def test_hf_dir_without_weights(hf_dirs: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text((hf_dirs["dinov2"] / "config.json").read_text())
     with pytest.raises(UserError, match="weights"):
+        build_backbone("hf:" + str(tmp_path))
+
+
+def test_hf_weights_not_matching_config(hf_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Never a silently random backbone: a missing tensor or a wrong shape in the checkpoint fails loudly."""
+    from safetensors.torch import load_file, save_file
+
+    (tmp_path / "config.json").write_text((hf_dirs["dinov2"] / "config.json").read_text())
+    state = load_file(str(hf_dirs["dinov2"] / "model.safetensors"))
+    dropped = next(k for k in state if k.startswith("encoder.layer.1.") and k.endswith("weight"))
+    save_file({k: v for k, v in state.items() if k != dropped}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(UserError, match="1 missing"):
+        build_backbone("hf:" + str(tmp_path))
+    state["embeddings.cls_token"] = torch.zeros(1, 1, 16)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(UserError, match="cannot load the weights"):
         build_backbone("hf:" + str(tmp_path))
 
 

@@ -364,13 +364,12 @@ def _load_hf(ref: str, *, in_chans: int | None, drop_path_rate: float, channel_e
         raise UserError(f"{ref!r} has {cur} input channels and cannot be shrunk to in_chans={in_chans}; "
                         f"use in_chans >= {cur} (or select {cur} channels in the data)")
     kwargs: dict[str, Any] = {"config": config, "dtype": torch.float32, "output_loading_info": True}
-    try:
+    try:  # all three supported classes implement SDPA in transformers >= 5.17
         model, info = AutoModel.from_pretrained(target, attn_implementation="sdpa", **kwargs)
-    except (ValueError, ImportError):  # a model/transformers without SDPA support: use its default attention
-        model, info = AutoModel.from_pretrained(target, **kwargs)
-    except OSError as e:
-        raise UserError(f"cannot read the weights of {ref!r} ({e}); the directory needs model.safetensors "
-                        "(or pytorch_model.bin) as written by save_pretrained") from None
+    except (OSError, RuntimeError, ValueError) as e:  # no/corrupt weights; 5.23 raises RuntimeError on shapes
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load the weights of {ref!r} ({first}); the directory needs model.safetensors "
+                        "(or pytorch_model.bin) matching its config.json, as written by save_pretrained") from None
     # Never a silently random backbone: missing weights are an error (a missing mask token is zero-initialised
     # anyway, which is its standard init).
     missing = [k for k in info.get("missing_keys", []) if "mask_token" not in k]
@@ -550,11 +549,7 @@ def backbone_from_config(config: Mapping[str, Any], *, drop_path_rate: float = 0
         if drop_path_rate:
             hf["drop_path_rate"] = drop_path_rate
         cfg = AutoConfig.for_model(model_type, **hf)
-        try:
-            model = AutoModel.from_config(cfg, attn_implementation="sdpa")
-        except (ValueError, ImportError):
-            model = AutoModel.from_config(cfg)
-        return HFBackbone(model)
+        return HFBackbone(AutoModel.from_config(cfg, attn_implementation="sdpa"))
     raise UserError(f"unknown backbone kind {kind!r} in a saved backbone config; expected 'builtin' or 'hf'")
 
 

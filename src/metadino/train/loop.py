@@ -121,7 +121,7 @@ def _check_resume_compatible(saved: dict[str, Any], cfg: Config, run_dir: Path) 
     if changed:
         shown = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
         raise UserError(
-            f"cannot resume '{run_dir}' with a different configuration: {shown} differ from the saved run; "
+            f"cannot resume '{run_dir}' with a different configuration: these keys differ from the saved run: {shown}; "
             f"revert them or start a new run with another --out (only {', '.join(sorted(RESUMABLE_CHANGES))} may change)."
         )
 
@@ -323,6 +323,8 @@ def train(
                 break
     bar.close()
     result.end_step = step
+    if info.enabled:
+        _check_ranks_identical(task, device)
     result.seconds = time.perf_counter() - t_start
     result.peak_memory_mb = _peak_memory_mb(device)
     if result.finished and info.is_main:
@@ -330,6 +332,16 @@ def train(
     barrier()
     result.preempted = stop.requested
     return result
+
+
+def _check_ranks_identical(task: Any, device: torch.device) -> None:
+    """DDP keeps replicas in sync; verify it (student and EMA teacher) so silent divergence cannot go unnoticed."""
+    with torch.no_grad():
+        local = torch.stack([p.double().sum() for p in task.parameters()]).to(device)
+        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, local)
+    if any(not torch.equal(gathered[0], g) for g in gathered[1:]):
+        raise RuntimeError("DDP replicas diverged: parameters differ across ranks after training")
 
 
 def _save(

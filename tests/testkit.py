@@ -1,0 +1,43 @@
+"""Helpers shared by tests: tiny on-disk datasets and tiny model configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_image_table(folder: Path, n: int = 16, size: int = 40, channels: int = 3, seed: int = 0) -> Path:
+    """Random 8-bit PNG (RGB) or .npy (other channel counts) images plus a CSV with a split column."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (folder / "imgs").mkdir(parents=True, exist_ok=True)
+    lines = ["path,split,label"]
+    for i in range(n):
+        pixels = (rng.random((size, size, channels)) * 255).astype(np.uint8)
+        if channels == 3:
+            name = f"imgs/{i}.png"
+            Image.fromarray(pixels).save(folder / name)
+        else:
+            name = f"imgs/{i}.npy"
+            np.save(folder / name, pixels.transpose(2, 0, 1))
+        lines.append(f"{name},{'test' if i % 4 == 3 else 'train'},{i % 3}")
+    table = folder / "meta.csv"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
+def tiny_config(table: Path, **sections) -> dict:
+    """A config dict for a 2-block, 32-wide ViT and tiny heads: a training step takes milliseconds."""
+    head = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}
+    cfg = {
+        "data": {"table": str(table)},
+        "model": {"backbone": "builtin:vit-tiny", "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+        "ssl": {"head": dict(head), "ibot": {"head": dict(head)}},
+        "crops": {"global_size": 32, "local_size": 16, "n_local": 2},
+        "optim": {"warmup_steps": 1},
+        "train": {"steps": 4, "batch_size": 4, "num_workers": 0, "checkpoint_every": 2, "log_every": 1},
+    }
+    for key, value in sections.items():
+        cfg.setdefault(key, {}).update(value)
+    return cfg

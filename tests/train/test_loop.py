@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from testkit import tiny_config
+from metadino.config import config_from_dict
+from metadino.errors import UserError
+from metadino.losses.koleo import KoLeoLoss
+from metadino.train.checkpoint import load_latest_checkpoint
+from metadino.train.loop import TrainingDiverged, train
+
+
+def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "metadino", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def _assert_states_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if torch.is_tensor(a[k]):
+            assert torch.equal(a[k], b[k]), k
+        elif isinstance(a[k], dict):
+            _assert_states_equal(a[k], b[k])
+        elif isinstance(a[k], list):
+            assert len(a[k]) == len(b[k])
+            for x, y in zip(a[k], b[k]):
+                _assert_states_equal({"v": x}, {"v": y}) if not isinstance(x, dict) else _assert_states_equal(x, y)
+        else:
+            assert a[k] == b[k], k
+
+
+@pytest.mark.integration
+def test_resume_in_new_process_is_bit_exact(tmp_path, image_table):
+    """2N steps in one go == N steps, process exit, --resume, N steps (weights, optimizer, RNG, centers)."""
+    cfg_dict = tiny_config(image_table, model={"drop_path_rate": 0.2})
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg_dict))
+
+    train(config_from_dict(cfg_dict), tmp_path / "straight", progress=False)
+
+    first = _cli("train", str(cfg_path), "--out", str(tmp_path / "split"), "--stop-after", "2", "--quiet")
+    assert first.returncode == 0, first.stderr
+    assert "stopped at step 2 of 4" in first.stdout
+    # Workers must not change the data: the second half runs with 2 loader processes.
+    second = _cli("train", str(cfg_path), "train.num_workers=2", "--out", str(tmp_path / "split"), "--resume", "--quiet")
+    assert second.returncode == 0, second.stderr
+
+    a = load_latest_checkpoint(tmp_path / "straight")
+    b = load_latest_checkpoint(tmp_path / "split")
+    assert a["step"] == b["step"] == 4
+    _assert_states_equal(a["task"], b["task"])
+    _assert_states_equal(a["optimizer"]["state"], b["optimizer"]["state"])
+    _assert_states_equal({"rng": a["rng"]}, {"rng": b["rng"]})
+    losses = lambda run: [json.loads(l)["total"] for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    assert losses("straight") == losses("split")
+
+
+def test_dinov1_softmax_center_is_checkpointed(tmp_path, image_table):
+    cfg = config_from_dict(tiny_config(image_table, ssl={"method": "dinov1", "teacher_temp_warmup_steps": 2}))
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.finished and all(torch.isfinite(torch.tensor(h["total"])) for h in result.history)
+    state = load_latest_checkpoint(tmp_path / "run")
+    assert state["task"]["dino_center.center"].abs().sum() > 0  # the centre moved and is saved
+    assert not any(k.startswith("student.ibot_head") for k in state["task"])
+    assert [h["teacher_temp"] for h in result.history[:3]] == pytest.approx([0.04, 0.055, 0.07])
+
+
+def test_bf16_autocast_runs_finite(tmp_path, image_table):
+    cfg = config_from_dict(tiny_config(image_table, train={"precision": "bf16", "steps": 2}))
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.finished and all(torch.isfinite(torch.tensor(h["total"])) for h in result.history)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_loss_stops_with_step_and_breakdown(tmp_path, image_table, monkeypatch, bad):
+    cfg = config_from_dict(tiny_config(image_table))
+    calls = {"n": 0}
+    original = KoLeoLoss.forward
+
+    def flaky(self, x):
+        calls["n"] += 1
+        out = original(self, x)
+        return out * bad if calls["n"] > 2 else out  # finite for step 0 (two global crops), then broken
+
+    monkeypatch.setattr(KoLeoLoss, "forward", flaky)
+    with pytest.raises(TrainingDiverged) as e:
+        train(cfg, tmp_path / "run", progress=False)
+    msg = str(e.value)
+    assert "step 1" in msg and "koleo=" in msg and ("nan" in msg or "inf" in msg)
+    # the step-0 checkpoint was not written (period 2) and nothing half-written is left
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.pt")) if (tmp_path / "run" / "checkpoints").exists() else True
+
+
+def test_existing_run_is_never_overwritten(tmp_path, image_table):
+    cfg = config_from_dict(tiny_config(image_table, train={"steps": 2}))
+    train(cfg, tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(UserError, match="already holds a run"):
+        train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(UserError, match="holds no checkpoint"):
+        train(cfg, tmp_path / "other", resume=True, progress=False)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_channel_mismatch_names_the_row(tmp_path, image_table):
+    cfg = config_from_dict(tiny_config(image_table, model={"in_chans": 4}, crops={"photometric": "none"}))
+    with pytest.raises(UserError, match=r"meta.csv row \d+: image .* has 3 channel\(s\) but model.in_chans=4"):
+        train(cfg, tmp_path / "run", progress=False)
