@@ -71,13 +71,14 @@ class Backbone(nn.Module):
     """Base class of all backbones (see module docstring).
 
     Attributes:
-        embed_dim, patch_size, in_chans, num_registers, kind ("builtin" | "hf").
+        embed_dim, patch_size, in_chans, num_registers, num_heads, kind ("builtin" | "hf"); ``depth`` = len(blocks).
     """
 
     embed_dim: int
     patch_size: int
     in_chans: int
     num_registers: int
+    num_heads: int
     kind: str
 
     def forward(self, images: Tensor, masks: Tensor | None = None) -> Tokens:
@@ -210,7 +211,8 @@ class HFBackbone(Backbone):
         super().__init__()
         name = type(model).__name__
         if name not in SUPPORTED_HF_CLASSES:
-            raise UserError(f"unsupported Hugging Face model class {name}; supported: {', '.join(SUPPORTED_HF_CLASSES)}")
+            raise UserError(f"unsupported Hugging Face model class {name}; use one of "
+                            f"{', '.join(SUPPORTED_HF_CLASSES)}")
         self.model = model
         cfg = model.config
         self.hf_class = name
@@ -339,7 +341,8 @@ def _load_hf(ref: str, *, in_chans: int | None, drop_path_rate: float, channel_e
 
     local = Path(ref).expanduser()
     if _looks_like_path(ref) and not local.is_dir():
-        raise UserError(f"Hugging Face model directory {ref!r} does not exist; pass an existing directory "
+        raise UserError(f"Hugging Face model directory {ref!r} does not exist or is not a directory; pass the "
+                        "directory written by save_pretrained "
                         "(hf:/path/to/model) or a hub id such as hf:facebook/dinov2-small")
     target = str(local) if local.is_dir() else ref
     try:
@@ -349,9 +352,9 @@ def _load_hf(ref: str, *, in_chans: int | None, drop_path_rate: float, channel_e
             raise UserError(f"{ref!r} is not a readable Hugging Face model directory (config.json: {e}); "
                             "point to a directory written by save_pretrained") from None
         raise UserError(
-            f"cannot load {ref!r}: it is not a local directory and the Hugging Face Hub cannot be reached "
-            "(offline, or HF_HUB_OFFLINE=1); download it where there is network (e.g. `hf download "
-            f"{ref} --local-dir DIR`) and pass hf:DIR"
+            f"cannot load {ref!r}: it is not a local directory, and the Hugging Face Hub cannot be reached "
+            "(offline, or HF_HUB_OFFLINE=1) or has no such model; download it where there is network "
+            f"(e.g. `hf download {ref} --local-dir DIR`) and pass hf:DIR"
         ) from None
     cls_name = _hf_class_name(config)
     if cls_name not in SUPPORTED_HF_CLASSES:
@@ -377,7 +380,8 @@ def _load_hf(ref: str, *, in_chans: int | None, drop_path_rate: float, channel_e
     if missing or mismatched:
         names = ", ".join((missing + mismatched)[:5])
         raise UserError(f"the weights in {ref!r} do not match its config ({len(missing)} missing, "
-                        f"{len(mismatched)} of the wrong shape, e.g. {names}); re-export the model with save_pretrained")
+                        f"{len(mismatched)} of the wrong shape, e.g. {names}); re-export the model with "
+                        "save_pretrained")
     if type(model).__name__ not in SUPPORTED_HF_CLASSES:
         raise UserError(f"{ref!r} loads as {type(model).__name__}, which metadino cannot adapt; use a checkpoint of "
                         f"{', '.join(SUPPORTED_HF_CLASSES)}")

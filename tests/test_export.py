@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+
+from testkit import tiny_config
+from metadino.config import config_from_dict
+from metadino.data.table import load_table
+from metadino.embed import extract_features, read_embeddings
+from metadino.errors import UserError
+from metadino.export import backbone_from_run, export_run, load_model
+from metadino.train.loop import train
+
+
+def _embeddings(model: str, table) -> torch.Tensor:
+    backbone, pre = load_model(model)
+    return extract_features(backbone, table, pre, batch_size=3, progress=False)
+
+
+def test_builtin_export_embeds_like_the_run(tmp_path, image_table):
+    cfg = config_from_dict(tiny_config(image_table, train={"steps": 2, "checkpoint_every": 1}))
+    train(cfg, tmp_path / "run", progress=False)
+    export_run(tmp_path / "run", tmp_path / "export")
+    table = load_table(image_table, image_column="path")
+
+    from_ckpt, pre = backbone_from_run(tmp_path / "run")
+    ref = extract_features(from_ckpt, table, pre, batch_size=5, progress=False)
+    torch.testing.assert_close(_embeddings(str(tmp_path / "export"), table), ref, rtol=0, atol=0)
+    torch.testing.assert_close(_embeddings(str(tmp_path / "run"), table), ref, rtol=0, atol=0)
+    assert ref.shape == (len(table), 32) and ref.std(0).mean() > 0
+
+    out = tmp_path / "emb.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "metadino", "embed", str(tmp_path / "export"), "--table", str(image_table), "--rows", "split=test",
+         "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    frame, emb = read_embeddings(out)
+    test_rows = load_table(image_table, image_column="path", rows={"split": "test"})
+    assert frame["path"].tolist() == test_rows.frame["path"].tolist() and frame["row"].tolist() == test_rows.row_numbers
+    test_index = [i for i, s in enumerate(table.frame["split"]) if s == "test"]
+    torch.testing.assert_close(torch.from_numpy(emb), ref[test_index])
+
+
+def test_export_refuses_non_empty_target(tmp_path, image_table):
+    cfg = config_from_dict(tiny_config(image_table, train={"steps": 1}))
+    train(cfg, tmp_path / "run", progress=False)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        export_run(tmp_path / "run", tmp_path / "busy")
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+    with pytest.raises(UserError, match="not a metadino run"):
+        export_run(tmp_path / "busy", tmp_path / "x")
+
+
+@pytest.mark.parametrize("in_chans", [3, 4])
+def test_hf_dinov2_trains_exports_and_reloads(tmp_path, image_table, in_chans):
+    """A tiny Dinov2 saved with save_pretrained trains with hf:DIR, exports, and AutoModel loads the export."""
+    hf_dir = tmp_path / "dinov2"
+    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                       patch_size=8, image_size=32, num_channels=3)
+    transformers.Dinov2Model(config).save_pretrained(hf_dir)
+    table = image_table
+    if in_chans != 3:
+        from testkit import write_image_table
+
+        table = write_image_table(tmp_path / "data4", channels=in_chans)
+    cfg = tiny_config(table, model={"backbone": f"hf:{hf_dir}", "in_chans": in_chans}, train={"steps": 2})
+    if in_chans != 3:
+        cfg["crops"]["photometric"] = "microscopy"
+    train(config_from_dict(cfg), tmp_path / "run", progress=False)
+    export_run(tmp_path / "run", tmp_path / "export")
+
+    loaded = transformers.AutoModel.from_pretrained(tmp_path / "export")
+    assert type(loaded).__name__ == "Dinov2Model" and loaded.config.num_channels == in_chans
+    rows = load_table(table, image_column="path")
+    exported = _embeddings(str(tmp_path / "export"), rows)
+    from_run = _embeddings(str(tmp_path / "run"), rows)
+    torch.testing.assert_close(exported, from_run)
+    # the pretrained weights really moved (adaptation happened) and the original directory is untouched
+    original = _embeddings(f"hf:{hf_dir}", rows) if in_chans == 3 else None
+    if original is not None:
+        assert not torch.allclose(original, exported)
+    assert transformers.AutoModel.from_pretrained(hf_dir).config.num_channels == 3
