@@ -1,0 +1,84 @@
+"""User mistakes end with one clear message, exit code 2, no traceback, and nothing modified."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from testkit import tiny_config
+from metadino.cli import main, parse_rows
+from metadino.errors import UserError
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.fixture
+def cfg_file(tmp_path, image_table):
+    def write(**sections) -> str:
+        path = tmp_path / "cfg.yaml"
+        path.write_text(yaml.safe_dump(tiny_config(image_table, **sections)))
+        return str(path)
+
+    return write
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["train", "missing.yaml"], "config file 'missing.yaml' does not exist"),
+        (["train", "{cfg}", "train.steps"], "is not of the form key.sub=value"),
+        (["train", "{cfg}", "train.stpes=3"], "Did you mean 'train.steps'"),
+        (["train", "{cfg}", "data.table=/nowhere/meta.csv"], "/nowhere/meta.csv"),
+        (["train", "{cfg}", "data.image_column=file"], "file"),
+        (["train", "{cfg}", "model.backbone=builtin:vit-huge"], "vit-huge"),
+        (["train", "{cfg}", "model.backbone=hf:/no/such/dir"], "/no/such/dir"),
+        (["train", "{cfg}", "data.rows={split: validation}"], "split"),
+        (["train", "{cfg}", "crops.local_size=64"], "crops.local_size"),
+        (["export", "{tmp}", "--out", "{tmp}/x"], "not a metadino run directory"),
+        (["embed", "{tmp}/nothing", "--table", "t.csv", "--out", "e.parquet"], "nothing"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(capsys, cfg_file, tmp_path, args, expected):
+    cfg = cfg_file()
+    argv = [a.replace("{cfg}", cfg).replace("{tmp}", str(tmp_path)) for a in args]
+    code, err = run(capsys, *argv)
+    assert code == 2
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert expected in err
+
+
+def test_unreadable_image_names_row_and_file(capsys, cfg_file, image_table, tmp_path):
+    bad = image_table.parent / "imgs" / "5.png"
+    bad.write_bytes(b"not a png")
+    before = image_table.read_text()
+    code, err = run(capsys, "train", cfg_file(), "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 2 and "5.png" in err and "row 6" in err, err
+    assert image_table.read_text() == before and bad.read_bytes() == b"not a png"
+
+
+def test_resume_with_different_model_is_refused(capsys, cfg_file, tmp_path):
+    cfg = cfg_file(train={"steps": 2})
+    out = str(tmp_path / "run")
+    assert main(["train", cfg, "--out", out, "--quiet"]) == 0
+    code, err = run(capsys, "train", cfg, "model.depth=3", "--out", out, "--resume")
+    assert code == 2 and "model.depth" in err
+    code, err = run(capsys, "train", cfg, "--out", out)
+    assert code == 2 and "already holds a run" in err
+
+
+def test_help_has_examples(capsys):
+    for cmd in ("train", "export", "embed", "demo"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert "example" in capsys.readouterr().out
+
+
+def test_parse_rows():
+    assert parse_rows("split=train,plate=P1,plate=P2") == {"split": ["train"], "plate": ["P1", "P2"]}
+    with pytest.raises(UserError):
+        parse_rows("split")
