@@ -195,6 +195,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    """transformers prints load reports and progress bars on every from_pretrained; ours say enough."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
 COMMANDS = {"train": _cmd_train, "export": _cmd_export, "embed": _cmd_embed, "demo": _cmd_demo}
 
 
@@ -206,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "train" or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    _quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

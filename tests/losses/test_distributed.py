@@ -7,6 +7,7 @@ concatenated batch.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -72,7 +73,9 @@ def _worker(rank: int, init_file: str, in_path: str, out_path: str) -> None:
         model = nn.parallel.DistributedDataParallel(_linear())
         sig(model(_part(data["x"], split, rank)), seed_step=SIG_SEED).backward()
         out[f"sig/{mode}/grad_w"] = model.module.weight.grad.clone()
+        del model  # free DDP (it holds the process group) before the group is destroyed
     torch.save(out, out_path)
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 
