@@ -52,7 +52,8 @@ def build_param_groups(
         lr_mult = layer_decay ** (n_layers + 1 - backbone.layer_id(name))
         if backbone.is_patch_embed(name):
             lr_mult *= patch_embed_lr_mult
-        add(f"backbone.{name}", param, GroupKey(lr_mult, _wd_mult(name, param), False, True))
+        wd_mult = 0.0 if backbone.is_no_weight_decay(name) or param.ndim <= 1 else 1.0
+        add(f"backbone.{name}", param, GroupKey(lr_mult, wd_mult, False, True))
     for prefix, module in heads:
         for name, param in module.named_parameters():
             if param.requires_grad:
