@@ -114,3 +114,48 @@ def test_channel_mismatch_names_the_row(tmp_path, image_table):
     cfg = config_from_dict(tiny_config(image_table, model={"in_chans": 4}, crops={"photometric": "none"}))
     with pytest.raises(UserError, match=r"meta.csv row \d+: image .* has 3 channel\(s\) but model.in_chans=4"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("cls_name", ["Dinov2WithRegistersModel", "DINOv3ViTModel"])
+def test_hf_backbones_train(tmp_path, image_table, cls_name):
+    import transformers
+
+    kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8, image_size=32)
+    if cls_name == "DINOv3ViTModel":
+        model = transformers.DINOv3ViTModel(transformers.DINOv3ViTConfig(num_register_tokens=2, **kw))
+    else:
+        model = transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(num_register_tokens=2, **kw))
+    model.save_pretrained(tmp_path / "hf")
+    cfg = config_from_dict(tiny_config(image_table, model={"backbone": f"hf:{tmp_path / 'hf'}"}, train={"steps": 2}))
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.finished and all(torch.isfinite(torch.tensor(h["total"])) for h in result.history)
+    state = load_latest_checkpoint(tmp_path / "run")
+    before = model.state_dict()
+    moved = [k for k, v in state["task"].items() if k.startswith("student.backbone.model.") and
+             k[len("student.backbone.model."):] in before and not torch.equal(v, before[k[len("student.backbone.model."):]])]
+    assert moved  # the pretrained backbone itself was trained, not only the heads
+
+
+@pytest.mark.integration
+def test_sigterm_checkpoints_and_exits_143(tmp_path, image_table):
+    """Preemption: SIGTERM lets the step finish, writes a checkpoint, exits 143; --resume continues."""
+    import signal
+    import time
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config(image_table, train={"steps": 100000, "checkpoint_every": 100000})))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "metadino", "train", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    step = load_latest_checkpoint(tmp_path / "run")["step"]
+    assert step >= 2 and "--resume" in out
+    again = _cli("train", str(cfg_path), "train.steps=" + str(step + 1), "--out", str(tmp_path / "run"), "--resume", "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert load_latest_checkpoint(tmp_path / "run")["step"] == step + 1
