@@ -74,6 +74,8 @@ class HeadConfig:
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
     nlayers: int = 3
+    norm_last_layer: bool = True
+    """L2-normalised prototypes (DINOv1/v2 weight norm); false = plain linear prototypes as in DINOv3."""
 
 
 @dataclass

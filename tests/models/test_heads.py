@@ -49,3 +49,19 @@ def test_normalization_eps_depends_on_dtype() -> None:
     out16 = head.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert out16.dtype == torch.bfloat16
     torch.testing.assert_close(out16.float(), torch.full((1, 3), 0.01), atol=1e-4, rtol=1e-2)  # divided by 1e-6
+
+
+def test_norm_last_layer_gives_cosine_logits():
+    import torch
+    import torch.nn.functional as F
+
+    from metadino.models.heads import DINOHead
+
+    head = DINOHead(8, 16, hidden_dim=8, bottleneck_dim=4, norm_last_layer=True)
+    with torch.no_grad():
+        head.last_layer.weight.mul_(50.0)  # the scale of the prototypes must not matter
+    x = torch.randn(5, 8)
+    logits, bottleneck = head(x, return_bottleneck=True)
+    expected = F.normalize(bottleneck, dim=-1) @ F.normalize(head.last_layer.weight, dim=1).T
+    torch.testing.assert_close(logits, expected)
+    assert logits.abs().max() <= 1.0 + 1e-6

@@ -17,6 +17,7 @@ transformers notes (5.17 on the GPU image, 5.23 on CPU; see reference/deps.md ch
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import re
@@ -67,7 +68,7 @@ class Tokens:
     registers: Tensor | None  # [B, R, D], or None when the backbone has no registers
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, abc.ABC):
     """Base class of all backbones (see module docstring).
 
     Attributes:
@@ -81,6 +82,7 @@ class Backbone(nn.Module):
     num_heads: int
     kind: str
 
+    @abc.abstractmethod
     def forward(self, images: Tensor, masks: Tensor | None = None) -> Tokens:
         """Encode images.
 
@@ -89,12 +91,13 @@ class Backbone(nn.Module):
             masks: bool [B, N] with N = H*W/p^2; True patches are replaced by the mask token (iBOT).
                 ``None`` means no patch is masked (the mask token still joins the graph, for DDP).
         """
-        raise NotImplementedError
+        ...
 
     @property
+    @abc.abstractmethod
     def blocks(self) -> nn.ModuleList:
         """The ordered transformer blocks (for freezing and layer-wise LR decay)."""
-        raise NotImplementedError
+        ...
 
     @property
     def depth(self) -> int:
@@ -126,25 +129,29 @@ class Backbone(nn.Module):
             or "lambda1" in param_name
         )
 
+    @abc.abstractmethod
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward (training only) to save memory."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the backbone so that ``build_backbone(directory)`` rebuilds it."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def config_dict(self) -> dict[str, Any]:
         """JSON-able architecture description; ``backbone_from_config`` rebuilds it (random weights)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def intermediate_layers(self, images: Tensor, n: int = 4) -> list[Tokens]:
         """Tokens of the last ``n`` blocks, each through the final norm (attention-pooling probe, spec §11).
 
         Args:
             images: [B, C, H, W] as in ``forward``.
         """
-        raise NotImplementedError
+        ...
 
     def num_patches(self, height: int, width: int) -> int:
         return (height // self.patch_size) * (width // self.patch_size)

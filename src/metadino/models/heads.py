@@ -19,11 +19,13 @@ def l2_normalize_eps(dtype: torch.dtype) -> float:
 
 
 class DINOHead(nn.Module):
-    """MLP -> L2 normalize -> linear prototypes (no weight norm, as in DINOv3).
+    """MLP -> L2 normalize -> linear prototypes (no weight norm, as in DINOv3, unless ``norm_last_layer``).
 
     MLP: ``Linear(in, hidden) -> GELU -> [Linear(hidden, hidden) -> GELU] * (nlayers - 2) -> Linear(hidden,
     bottleneck)``; with ``nlayers == 1`` it is a single ``Linear(in, bottleneck)``.
-    ``last_layer = Linear(bottleneck, out_dim, bias=False)``.
+    ``last_layer = Linear(bottleneck, out_dim, bias=False)``. With ``norm_last_layer`` each prototype row is
+    L2-normalised at use (DINOv1/DINOv2's weight norm with its gain fixed to 1), so logits are cosine
+    similarities from the first step — what lets short runs and small data leave the uniform start.
     """
 
     def __init__(
@@ -33,11 +35,13 @@ class DINOHead(nn.Module):
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         nlayers: int = 3,
+        norm_last_layer: bool = False,
     ) -> None:
         super().__init__()
         if nlayers < 1:
             raise ValueError(f"nlayers must be >= 1, got {nlayers}")
         self.in_dim, self.out_dim, self.bottleneck_dim = in_dim, out_dim, bottleneck_dim
+        self.norm_last_layer = norm_last_layer
         layers: list[nn.Module]
         if nlayers == 1:
             layers = [nn.Linear(in_dim, bottleneck_dim)]
@@ -69,7 +73,10 @@ class DINOHead(nn.Module):
         """
         bottleneck = self.mlp(x)
         z = F.normalize(bottleneck, p=2, dim=-1, eps=l2_normalize_eps(bottleneck.dtype))
-        logits = self.last_layer(z)
+        weight = self.last_layer.weight
+        if self.norm_last_layer:
+            weight = F.normalize(weight, p=2, dim=1, eps=l2_normalize_eps(weight.dtype))
+        logits = F.linear(z, weight)
         if return_bottleneck:
             return logits, bottleneck
         return logits

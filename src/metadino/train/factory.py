@@ -52,7 +52,10 @@ def build_task(cfg: Config, backbone: Backbone) -> SSLTask:
         backbone.set_grad_checkpointing(True)
 
     def head(h) -> DINOHead:
-        return DINOHead(backbone.embed_dim, h.out_dim, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim, nlayers=h.nlayers)
+        return DINOHead(
+            backbone.embed_dim, h.out_dim, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim, nlayers=h.nlayers,
+            norm_last_layer=h.norm_last_layer,
+        )
 
     dino_head = head(s.head)
     ibot_head = None
