@@ -104,3 +104,34 @@ def test_bad_yaml_files(tmp_path):
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="mapping"):
         load_config(lst)
+
+
+def test_guidance_section_and_lambda_alias():
+    cfg = make(guidance={"lambda": {"schedule": "linear", "warmup_steps": 5}, "balance": True,
+                         "guides": [{"column": "plate", "role": "spurious", "given": ["cell_line"]},
+                                    {"column": "antibody", "head": "prototypical", "weight": 0.1}]})
+    assert cfg.guidance.lambda_.schedule == "linear" and cfg.guidance.guides[1].head == "prototypical"
+    assert config_to_dict(cfg)["guidance"]["lambda"]["warmup_steps"] == 5
+
+
+@pytest.mark.parametrize(
+    "guide,key",
+    [
+        ({"role": "informative"}, "guidance.guides[0].column"),
+        ({"column": "plate", "head": "softmax"}, "guidance.guides[0].head"),
+        ({"column": "plate", "given": ["cell_line"]}, "guidance.guides[0].given"),  # informative + given
+        ({"column": "plate", "role": "spurious", "head": "prototypical", "given": ["x"]}, "guidance.guides[0].given"),
+        ({"column": "plate", "head": "prototypical", "grl_space": "prototype"}, "guidance.guides[0].grl_space"),
+        ({"column": "path"}, "guidance.guides[0].column"),
+        ({"column": "x", "colum": "y"}, "guidance.guides[0].colum"),
+    ],
+)
+def test_bad_guides_are_rejected_with_key(guide, key):
+    with pytest.raises(UserError) as e:
+        make(guidance={"guides": [guide]})
+    assert f"'{key}'" in str(e.value)
+
+
+def test_duplicate_guide_column():
+    with pytest.raises(UserError, match="already has a guide"):
+        make(guidance={"guides": [{"column": "a"}, {"column": "a"}]})

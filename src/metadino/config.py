@@ -92,6 +92,19 @@ class IBOTConfig:
 
 
 @dataclass
+class SIGRegConfig:
+    """SIGReg on the DINO-head bottleneck of the global crops (reference §6)."""
+
+    weight: float = 0.0
+    """0 disables it; the reference recipes use 0.05 (term = weight x 2 x mean over the 2 global crops)."""
+    koleo_too: bool = False
+    """Keep KoLeo alongside SIGReg (the reference replaces it)."""
+    num_slices: int = 1024
+    reference_scaling: bool = False
+    """Reproduce the reference's 1/world_size gradient under DDP instead of the true global-batch gradient."""
+
+
+@dataclass
 class SSLConfig:
     """The self-supervised objective."""
 
@@ -116,6 +129,7 @@ class SSLConfig:
     ema_momentum_end: float = 1.0
     freeze_last_layer_steps: int = 0
     """Prototype layers get LR 0 for this many steps (stabilises the start)."""
+    sigreg: SIGRegConfig = field(default_factory=SIGRegConfig)
 
 
 @dataclass
@@ -173,6 +187,74 @@ class TrainConfig:
 
 
 @dataclass
+class GuideConfig:
+    """One metadata column driving a guide head."""
+
+    column: str = ""
+    role: Literal["informative", "spurious"] = "informative"
+    """informative: pulled into the representation; spurious: pushed out by gradient reversal."""
+    head: Literal["classification", "regression", "prototypical"] = "classification"
+    weight: float = 0.1
+    hidden_dims: list[int] = field(default_factory=lambda: [512, 256])
+    """MLP widths of classification/regression heads (prototypical heads have no parameters)."""
+    dropout: float = 0.0
+    multilabel: bool | None = None
+    """BCE over a multi-hot target; null: inferred from the column (cells like 'a|b')."""
+    separator: str = "|"
+    output_activation: Literal["none", "sigmoid", "tanh"] = "none"
+    target_min: float | None = None
+    """Regression target range for normalisation; null: the column's min/max in the table."""
+    target_max: float | None = None
+    temperature: float = 0.07
+    """Prototype base temperature (initial per-class concentration)."""
+    momentum: float = 0.999
+    """EMA momentum of prototype centroids and concentrations."""
+    phi_min: float = 0.01
+    grl_space: Literal["embedding", "prototype"] = "embedding"
+    """Where a classification/regression guide reads: the CLS embedding, or the DINO-head logits."""
+    given: list[str] = field(default_factory=list)
+    """Conditional suppression (spurious guides): the adversary also sees these columns."""
+
+
+@dataclass
+class LambdaConfig:
+    schedule: Literal["sigmoid", "linear", "constant"] = "sigmoid"
+    """Gradient-reversal / guide strength over the run: DANN sigmoid, linear, or constant 1."""
+    warmup_steps: int = 0
+
+
+@dataclass
+class GuidanceConfig:
+    """Metadata guidance (FINO)."""
+
+    lambda_: LambdaConfig = field(default_factory=LambdaConfig, metadata={"key": "lambda"})
+    balance: bool = False
+    """Equalise guide gradient norms at the CLS token to their geometric mean."""
+    balance_per_rank: bool = False
+    """Reference behaviour under DDP (norms of each rank's local batch); default: the global batch."""
+    spurious_weight_divisor: float = 10.0
+    """The reference divides a spurious guide's weight by 10 (w_eff = weight / 10); 1 disables the rule."""
+    guides: list[GuideConfig] = field(default_factory=list)
+
+
+@dataclass
+class StagesConfig:
+    """Two-stage finetune (reference §8): heads first, then the backbone."""
+
+    heads_only_steps: int | None = None
+    """Backbone LR 0 for this many steps (Adam moments stay warm); null: 10% of the run for a pretrained
+    backbone, 0 from scratch."""
+    ramp_steps: int | None = None
+    """Linear backbone LR ramp after stage 1; null: 5% of the run for a pretrained backbone, 0 otherwise."""
+    train_patch_embed: bool = True
+    """The patch embedding trains in stage 1 (reference recipes)."""
+    freeze_tokens: bool = True
+    """cls/mask/register tokens are frozen in stage 1."""
+    unfreeze_last_n_blocks: int = 0
+    """>0: only the last N blocks ever train (patch embedding, tokens and the final norm stay frozen)."""
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -180,6 +262,8 @@ class Config:
     crops: CropsConfig = field(default_factory=CropsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
 
 
 # Keys that may change when a run is resumed; anything else must match the saved config.
@@ -274,8 +358,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 
+def _key(f: dataclasses.Field) -> str:
+    """The YAML key of a field (`lambda` is a Python keyword, so its field is `lambda_`)."""
+    return f.metadata.get("key", f.name)
+
+
 def _unknown_key(cls: type, name: str, prefix: str) -> UserError:
-    known = [f.name for f in dataclasses.fields(cls)]
+    known = [_key(f) for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean '{prefix}{close[0]}'?" if close else f" Known keys here: {', '.join(known)}."
     return UserError(f"unknown config key '{prefix}{name}'.{hint}")
@@ -283,14 +372,17 @@ def _unknown_key(cls: type, name: str, prefix: str) -> UserError:
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    by_key = {_key(f): f.name for f in dataclasses.fields(cls)}
     dot = f"{prefix}." if prefix else ""
     kwargs = {}
     for name, value in data.items():
-        if not isinstance(name, str) or name not in known:
+        if not isinstance(name, str) or name not in by_key:
             raise _unknown_key(cls, str(name), dot)
-        kwargs[name] = _convert(value, hints[name], f"{dot}{name}")
-    return cls(**kwargs)
+        kwargs[by_key[name]] = _convert(value, hints[by_key[name]], f"{dot}{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field (no default) is missing
+        raise UserError(f"config section '{prefix or '(top level)'}' is incomplete: {e}.") from None
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -308,7 +400,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return {_key(f): plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
@@ -494,6 +586,15 @@ def validate(cfg: Config) -> None:
     _check(o.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables clipping).")
     _check(all(0.0 <= b < 1.0 for b in o.betas), "optim.betas", "must be in [0, 1).")
 
+    _validate_guidance(cfg)
+    st = cfg.stages
+    for key in ("heads_only_steps", "ramp_steps"):
+        v = getattr(st, key)
+        _check(v is None or v >= 0, f"stages.{key}", "must be >= 0.")
+    _check(st.unfreeze_last_n_blocks >= 0, "stages.unfreeze_last_n_blocks", "must be >= 0.")
+    _check(s.sigreg.weight >= 0, "ssl.sigreg.weight", "must be >= 0.")
+    _check(s.sigreg.num_slices >= 1, "ssl.sigreg.num_slices", "must be at least 1.")
+
     _check(t.steps >= 1, "train.steps", f"must be at least 1, got {t.steps}.")
     _check(t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}.")
     _check(t.num_workers >= 0, "train.num_workers", "must be >= 0.")
@@ -506,3 +607,30 @@ def validate(cfg: Config) -> None:
         "train.device",
         f"unknown device '{dev}'; use auto, cpu, cuda, cuda:N or mps.",
     )
+
+
+def _validate_guidance(cfg: Config) -> None:
+    g = cfg.guidance
+    _check(g.lambda_.warmup_steps >= 0, "guidance.lambda.warmup_steps", "must be >= 0.")
+    _check(g.spurious_weight_divisor > 0, "guidance.spurious_weight_divisor", "must be > 0.")
+    seen: set[str] = set()
+    for i, guide in enumerate(g.guides):
+        key = f"guidance.guides[{i}]"
+        _check(bool(guide.column), f"{key}.column", "is required: the metadata column that drives this guide.")
+        _check(guide.column not in seen, f"{key}.column", f"'{guide.column}' already has a guide.")
+        seen.add(guide.column)
+        _check(guide.column != cfg.data.image_column, f"{key}.column", "cannot be the image column.")
+        _check(guide.weight >= 0, f"{key}.weight", "must be >= 0.")
+        _check(0.0 <= guide.dropout < 1.0, f"{key}.dropout", "must be in [0, 1).")
+        _check(all(h >= 1 for h in guide.hidden_dims), f"{key}.hidden_dims", "widths must be >= 1.")
+        _check(guide.temperature > 0 and guide.phi_min > 0, f"{key}.temperature", "temperature and phi_min must be > 0.")
+        _check(0.0 <= guide.momentum <= 1.0, f"{key}.momentum", "must be in [0, 1].")
+        if guide.head == "prototypical":
+            _check(guide.grl_space == "embedding", f"{key}.grl_space", "prototypical guides read the embedding only.")
+            _check(not guide.multilabel, f"{key}.multilabel", "prototypical guides need one class per image.")
+        if guide.given:
+            _check(guide.role == "spurious", f"{key}.given", "conditioning only applies to spurious guides.")
+            _check(guide.column not in guide.given, f"{key}.given", "a guide cannot be conditioned on its own column.")
+            _check(guide.head != "prototypical", f"{key}.given", "conditioning needs a classification or regression head.")
+        if guide.target_min is not None and guide.target_max is not None:
+            _check(guide.target_min < guide.target_max, f"{key}.target_min", "must be smaller than target_max.")

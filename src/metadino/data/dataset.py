@@ -23,6 +23,7 @@ from metadino.data.crops import MultiCropAugmentation
 from metadino.data.images import load_image
 from metadino.data.seeding import make_generator
 from metadino.data.table import MetadataTable
+from metadino.data.targets import TableTargets
 from metadino.errors import UserError
 
 _PERMUTATION_STREAM = 0x5A4D  # keeps the sampler's random stream apart from the augmentation streams
@@ -46,8 +47,17 @@ def load_checked_image(table: MetadataTable, index: int, in_chans: int) -> torch
 class SSLDataset(Dataset):
     """Rows of a metadata table -> multi-crop views. Indexed by ``(epoch, row index)``."""
 
-    def __init__(self, table: MetadataTable, augment: MultiCropAugmentation, *, seed: int, in_chans: int):
+    def __init__(
+        self,
+        table: MetadataTable,
+        augment: MultiCropAugmentation,
+        *,
+        seed: int,
+        in_chans: int,
+        targets: TableTargets | None = None,
+    ):
         self.table = table
+        self.targets = targets
         self.augment = augment
         self.seed = seed
         self.in_chans = in_chans
@@ -59,14 +69,18 @@ class SSLDataset(Dataset):
         epoch, index = key
         image = load_checked_image(self.table, index, self.in_chans)
         crops = self.augment(image, seed=self.seed, epoch=epoch, index=index)
-        return {"global": crops.global_crops, "local": crops.local_crops, "masks": crops.masks, "index": index}
+        sample = {"global": crops.global_crops, "local": crops.local_crops, "masks": crops.masks, "index": index}
+        if self.targets is not None:
+            sample["targets"] = self.targets.row(index)
+        return sample
 
 
 def collate_crops(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Crop-major batch: row ``crop * B + b`` holds crop `crop` of sample `b` (reference layout).
 
     Returns ``global`` [n_g*B, C, G, G], ``local`` [n_l*B, C, L, L] (or None), ``masks`` bool
-    [n_g*B, N] and ``index`` [B].
+    [n_g*B, N], ``index`` [B] and, with metadata, ``targets`` {column: values [B, ...]} and
+    ``valid`` {column: bool [B]}.
     """
     n_global = len(samples[0]["global"])
     n_local = len(samples[0]["local"])
@@ -74,7 +88,12 @@ def collate_crops(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     local = torch.stack([s["local"][j] for j in range(n_local) for s in samples]) if n_local else None
     masks = torch.stack([s["masks"][j] for j in range(n_global) for s in samples])
     index = torch.tensor([s["index"] for s in samples], dtype=torch.long)
-    return {"global": glob, "local": local, "masks": masks, "index": index}
+    batch = {"global": glob, "local": local, "masks": masks, "index": index}
+    if "targets" in samples[0]:
+        keys = samples[0]["targets"].keys()
+        batch["targets"] = {k: torch.stack([s["targets"][k][0] for s in samples]) for k in keys}
+        batch["valid"] = {k: torch.stack([s["targets"][k][1] for s in samples]) for k in keys}
+    return batch
 
 
 class StepSampler(Sampler[list[tuple[int, int]]]):

@@ -1,0 +1,176 @@
+"""Metadata columns -> tensors for guide heads, each with a validity mask.
+
+Encodings are built once from the training table and saved with the run (``vocab.json``), so the
+same class indices are used at evaluation. A missing cell (empty, NaN, a declared missing token) or
+a category unseen when the vocabulary was built is *invalid*: it is masked out of that guide's loss
+and prototype update, never imputed as class 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+
+from metadino.data.table import MetadataTable, infer_column_kind
+from metadino.errors import UserError
+
+Kind = Literal["categorical", "multilabel", "continuous"]
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip() == ""
+
+
+def _label(value: Any) -> str:
+    """Canonical class name: 3, 3.0 and "3" are the same category."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+@dataclass
+class ColumnEncoder:
+    """How one metadata column becomes a target tensor."""
+
+    column: str
+    kind: Kind
+    classes: list[str] = field(default_factory=list)
+    separator: str = "|"
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.kind == "continuous" else len(self.classes)
+
+    def encode(self, series: pd.Series) -> tuple[torch.Tensor, torch.Tensor]:
+        """All rows at once -> (values, valid). categorical: int64 [N]; multilabel: float [N, C]; continuous: float [N]."""
+        n = len(series)
+        valid = torch.zeros(n, dtype=torch.bool)
+        if self.kind == "continuous":
+            values = torch.zeros(n, dtype=torch.float32)
+            for i, v in enumerate(series.tolist()):
+                if not _is_missing(v):
+                    values[i] = float(v)
+                    valid[i] = True
+            return values, valid
+        index = {c: i for i, c in enumerate(self.classes)}
+        if self.kind == "categorical":
+            values = torch.zeros(n, dtype=torch.long)
+            for i, v in enumerate(series.tolist()):
+                j = None if _is_missing(v) else index.get(_label(v))
+                if j is not None:
+                    values[i] = j
+                    valid[i] = True
+            return values, valid
+        values = torch.zeros(n, len(self.classes), dtype=torch.float32)
+        for i, v in enumerate(series.tolist()):
+            if _is_missing(v):
+                continue
+            hits = [index[t] for t in (p.strip() for p in str(v).split(self.separator)) if t in index]
+            if hits:
+                values[i, hits] = 1.0
+                valid[i] = True
+        return values, valid
+
+    def one_hot(self, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Conditioning input for `given:` columns: one-hot / multi-hot / [0,1]-scaled value, zeros if invalid."""
+        if self.kind == "categorical":
+            out = torch.nn.functional.one_hot(values, len(self.classes)).float()
+        elif self.kind == "multilabel":
+            out = values.float()
+        else:
+            lo, hi = self.minimum or 0.0, self.maximum if self.maximum is not None else 1.0
+            out = ((values.float() - lo) / (hi - lo + 1e-8)).unsqueeze(-1)
+        return out * valid.unsqueeze(-1).to(out.dtype)
+
+    @property
+    def condition_dim(self) -> int:
+        return self.n_outputs
+
+
+def _numeric(series: pd.Series, table: MetadataTable, column: str) -> pd.Series:
+    numbers = pd.to_numeric(series.where(~series.map(_is_missing)), errors="coerce")
+    bad = [i for i, (raw, num) in enumerate(zip(series.tolist(), numbers.tolist())) if not _is_missing(raw) and pd.isna(num)]
+    if bad:
+        rows = ", ".join(str(table.row_numbers[i]) for i in bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise UserError(
+            f"{table.source.name}: column '{column}' is used as a continuous target but has non-numeric values "
+            f"in row(s) {rows}{more}, e.g. {series.iloc[bad[0]]!r}; fix them or use a classification guide."
+        )
+    return numbers
+
+
+def build_encoder(
+    table: MetadataTable, column: str, *, kind: Kind | None = None, separator: str = "|", purpose: str = "guide"
+) -> ColumnEncoder:
+    """Infer (or check) the kind of `column` and build its encoder from the table's rows.
+
+    Args:
+        kind: what the consumer needs; None infers it from the column (for `given:` columns).
+        purpose: wording for messages, e.g. "guide 'plate'".
+    """
+    if column not in table.frame.columns:
+        raise UserError(f"{table.source.name} has no column '{column}' (needed by {purpose}); columns: {', '.join(map(str, table.frame.columns))}.")
+    series = table.frame[column]
+    inferred = infer_column_kind(series)
+    if inferred == "constant":
+        raise UserError(
+            f"{table.source.name}: column '{column}' (needed by {purpose}) has fewer than two distinct values in the selected rows; "
+            "it cannot guide anything."
+        )
+    kind = kind or ("multilabel" if inferred == "multilabel" else "continuous" if inferred == "continuous" else "categorical")
+    if kind == "continuous":
+        numbers = _numeric(series, table, column)  # text cells are an error naming their rows
+        return ColumnEncoder(column, "continuous", minimum=float(numbers.min()), maximum=float(numbers.max()))
+    present = [v for v in series.tolist() if not _is_missing(v)]
+    if kind == "multilabel":
+        classes = sorted({t.strip() for v in present for t in str(v).split(separator)} - {""})
+    else:
+        classes = sorted({_label(v) for v in present})
+    return ColumnEncoder(column, kind, classes=classes, separator=separator)
+
+
+@dataclass
+class TableTargets:
+    """Encoded targets of every guided or conditioning column, indexed like the table's rows."""
+
+    encoders: dict[str, ColumnEncoder]
+    values: dict[str, torch.Tensor]
+    valid: dict[str, torch.Tensor]
+
+    @classmethod
+    def from_table(cls, table: MetadataTable, encoders: dict[str, ColumnEncoder]) -> TableTargets:
+        values, valid = {}, {}
+        for name, enc in encoders.items():
+            values[name], valid[name] = enc.encode(table.frame[enc.column])
+        return cls(encoders, values, valid)
+
+    def row(self, index: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {k: (self.values[k][index], self.valid[k][index]) for k in self.encoders}
+
+    def valid_fraction(self) -> dict[str, float]:
+        return {k: float(v.float().mean()) for k, v in self.valid.items()}
+
+
+def save_vocab(path: str | Path, encoders: dict[str, ColumnEncoder]) -> None:
+    Path(path).write_text(json.dumps({k: asdict(v) for k, v in encoders.items()}, indent=2) + "\n")
+
+
+def load_vocab(path: str | Path) -> dict[str, ColumnEncoder]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"vocabulary file '{path}' cannot be read: {e}.") from None
+    return {k: ColumnEncoder(**v) for k, v in data.items()}
