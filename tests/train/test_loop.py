@@ -159,3 +159,28 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path, image_table):
     again = _cli("train", str(cfg_path), "train.steps=" + str(step + 1), "--out", str(tmp_path / "run"), "--resume", "--quiet")
     assert again.returncode == 0, again.stderr
     assert load_latest_checkpoint(tmp_path / "run")["step"] == step + 1
+
+
+def test_two_stage_heads_only_then_ramp(tmp_path, image_table):
+    """Stage 1: only heads and the patch embedding move; blocks get gradients (warm Adam moments) but LR 0."""
+    cfg = config_from_dict(tiny_config(image_table, train={"steps": 3, "checkpoint_every": 1, "keep_checkpoints": 5},
+                                       stages={"heads_only_steps": 2, "ramp_steps": 1}, model={"drop_path_rate": 0.0}))
+    torch.manual_seed(cfg.train.seed)
+    from metadino.train.factory import build_backbone_from_config
+
+    init = build_backbone_from_config(cfg.model, image_size=32).state_dict()
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert [h["backbone_scale"] for h in result.history] == [0.0, 0.0, 1.0]
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("step_*.pt"))
+    after2 = torch.load(ckpts[1], weights_only=True)
+    student = {k[len("student.backbone."):]: v for k, v in after2["task"].items() if k.startswith("student.backbone.")}
+    assert torch.equal(student["blocks.0.attn.qkv.weight"], init["blocks.0.attn.qkv.weight"])
+    assert torch.equal(student["cls_token"], init["cls_token"])
+    assert not torch.equal(student["patch_embed.proj.weight"], init["patch_embed.proj.weight"])
+    # Adam moments of frozen blocks are warm (reference §0.4)
+    names = [n for g in after2["optimizer"]["param_groups"] for n in g["param_names"]]
+    state = after2["optimizer"]["state"]
+    idx = names.index("backbone.blocks.0.attn.qkv.weight")
+    assert state[idx]["exp_avg_sq"].abs().sum() > 0
+    after3 = torch.load(ckpts[2], weights_only=True)["task"]
+    assert not torch.equal(after3["student.backbone.blocks.0.attn.qkv.weight"], init["blocks.0.attn.qkv.weight"])

@@ -42,3 +42,20 @@ def test_frozen_parameters_get_no_group_and_schedule_applies():
     for g in opt.param_groups:
         assert g["lr"] == pytest.approx(0.0 if g["is_last_layer"] else 1e-3 * g["lr_mult"])
         assert g["weight_decay"] == pytest.approx(0.1 * g["wd_mult"])
+
+
+def test_stage_flags():
+    backbone, head, _ = _groups()
+    groups = build_param_groups(backbone, [("dino_head", head)], layer_decay=1.0, patch_embed_lr_mult=1.0,
+                                train_patch_embed=True, freeze_tokens=True, unfreeze_last_n_blocks=1)
+    by_name = {n: g for g in groups for n in g["param_names"]}
+    assert not by_name["backbone.patch_embed.proj.weight"]["stage_frozen"]
+    assert by_name["backbone.cls_token"]["stage_frozen"] and by_name["backbone.blocks.2.attn.qkv.weight"]["stage_frozen"]
+    assert by_name["backbone.blocks.1.attn.qkv.weight"]["always_frozen"] and by_name["backbone.norm.weight"]["always_frozen"]
+    assert not by_name["backbone.blocks.2.attn.qkv.weight"]["always_frozen"]
+    assert not by_name["dino_head.mlp.0.weight"]["stage_frozen"]
+    opt = torch.optim.AdamW(groups, lr=0.0)
+    apply_optim_schedule(opt, lr=1.0, weight_decay=0.5, last_layer_lr=1.0, backbone_scale=0.25)
+    for g in opt.param_groups:
+        want = 0.0 if g["always_frozen"] else 0.25 if g["stage_frozen"] else 1.0
+        assert g["lr"] == pytest.approx(want) and g["weight_decay"] == pytest.approx(0.5 * g["wd_mult"] * want)

@@ -47,3 +47,12 @@ def test_warmup_cosine_shape():
 
 def test_linear_warmup():
     assert [linear_warmup(s, start=0.04, end=0.07, warmup=3) for s in range(5)] == pytest.approx([0.04, 0.05, 0.06, 0.07, 0.07])
+
+
+def test_backbone_scale_parity(reference_values):
+    from metadino.train.schedules import backbone_lr_scale
+
+    iters = reference_values["sched/iters"].tolist()
+    ours = torch.tensor([backbone_lr_scale(i, heads_only_steps=10000, ramp_steps=1000) for i in iters], dtype=torch.float64)
+    torch.testing.assert_close(ours, reference_values["sched/backbone_effective_scale"], rtol=0, atol=1e-12)
+    assert backbone_lr_scale(5, heads_only_steps=0, ramp_steps=0) == 1.0

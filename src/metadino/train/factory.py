@@ -27,6 +27,17 @@ def build_backbone_from_config(model: ModelConfig, *, image_size: int) -> Backbo
     )
 
 
+def resolve_stages(cfg: Config) -> tuple[int, int]:
+    """(heads_only_steps, ramp_steps). Unset values default to a two-stage finetune for pretrained
+    backbones (10% heads only, 5% ramp: released weights come without DINO/iBOT heads, and random
+    heads would otherwise push noise into the backbone) and to single-stage training from scratch."""
+    pretrained = not cfg.model.backbone.startswith("builtin:")
+    st, steps = cfg.stages, cfg.train.steps
+    heads_only = st.heads_only_steps if st.heads_only_steps is not None else (round(0.10 * steps) if pretrained else 0)
+    ramp = st.ramp_steps if st.ramp_steps is not None else (round(0.05 * steps) if pretrained else 0)
+    return heads_only, ramp
+
+
 def build_augmentation(cfg: Config, patch_size: int) -> MultiCropAugmentation:
     c, ibot = cfg.crops, cfg.ssl.ibot
     photometric = build_photometric(c.photometric, in_chans=cfg.model.in_chans, mean=c.mean, std=c.std)

@@ -32,10 +32,10 @@ from metadino.errors import UserError
 from metadino.export import preprocessing_from_config, write_export
 from metadino.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from metadino.train.distributed import DistInfo, all_ranks_true, barrier, init_distributed, is_dist, mean_across_ranks
-from metadino.train.factory import build_augmentation, build_backbone_from_config, build_task
+from metadino.train.factory import build_augmentation, build_backbone_from_config, build_task, resolve_stages
 from metadino.train.optim import apply_optim_schedule, build_param_groups
 from metadino.train.provenance import provenance
-from metadino.train.schedules import linear_warmup, warmup_cosine
+from metadino.train.schedules import backbone_lr_scale, linear_warmup, warmup_cosine
 
 
 class TrainingDiverged(UserError):
@@ -79,7 +79,9 @@ def schedule_values(cfg: Config, step: int) -> dict[str, float]:
     """Every scheduled scalar at `step` (pure)."""
     o, s, total = cfg.optim, cfg.ssl, cfg.train.steps
     lr = warmup_cosine(step, total=total, peak=o.lr, end=o.min_lr, warmup=o.warmup_steps)
+    heads_only, ramp = resolve_stages(cfg)
     return {
+        "backbone_scale": backbone_lr_scale(step, heads_only_steps=heads_only, ramp_steps=ramp),
         "lr": lr,
         "last_layer_lr": 0.0 if step < s.freeze_last_layer_steps else lr,
         "weight_decay": warmup_cosine(step, total=total, peak=o.weight_decay, end=o.weight_decay_end),
@@ -201,7 +203,13 @@ def train(
     if task.student.ibot_head is not None and task.student.ibot_head is not task.student.dino_head:
         heads.append(("ibot_head", task.student.ibot_head))
     groups = build_param_groups(
-        task.student.backbone, heads, layer_decay=cfg.optim.layer_decay, patch_embed_lr_mult=cfg.optim.patch_embed_lr_mult
+        task.student.backbone,
+        heads,
+        layer_decay=cfg.optim.layer_decay,
+        patch_embed_lr_mult=cfg.optim.patch_embed_lr_mult,
+        train_patch_embed=cfg.stages.train_patch_embed,
+        freeze_tokens=cfg.stages.freeze_tokens,
+        unfreeze_last_n_blocks=cfg.stages.unfreeze_last_n_blocks,
     )
     optimizer = torch.optim.AdamW(groups, lr=0.0, betas=cfg.optim.betas)
 
@@ -277,7 +285,13 @@ def train(
         metrics_file = files.enter_context(open(metrics_path, "a")) if info.is_main else None
         for batch in loader:
             sched = schedule_values(cfg, step)
-            apply_optim_schedule(optimizer, lr=sched["lr"], weight_decay=sched["weight_decay"], last_layer_lr=sched["last_layer_lr"])
+            apply_optim_schedule(
+                optimizer,
+                lr=sched["lr"],
+                weight_decay=sched["weight_decay"],
+                last_layer_lr=sched["last_layer_lr"],
+                backbone_scale=sched["backbone_scale"],
+            )
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             with autocast:
                 terms = task(batch, teacher_temp=sched["teacher_temp"])

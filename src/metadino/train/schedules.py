@@ -26,3 +26,15 @@ def linear_warmup(step: int, *, start: float, end: float, warmup: int) -> float:
     if warmup <= 0 or step >= warmup:
         return end
     return start + (end - start) * step / warmup
+
+
+def backbone_lr_scale(step: int, *, heads_only_steps: int, ramp_steps: int) -> float:
+    """Two-stage finetune (reference §8): 0 during the heads-only stage, then a linear ramp to 1.
+
+    At ``step = heads_only_steps + k`` (k < ramp_steps) the scale is ``(k + 1) / ramp_steps``.
+    """
+    if step < heads_only_steps:
+        return 0.0
+    if step < heads_only_steps + ramp_steps:
+        return (step - heads_only_steps + 1) / ramp_steps
+    return 1.0
