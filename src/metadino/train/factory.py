@@ -85,4 +85,8 @@ def build_task(cfg: Config, backbone: Backbone) -> SSLTask:
         koleo_loss_weight=s.koleo_loss_weight,
         center_momentum=s.center_momentum,
         ignore_diagonal=s.ignore_diagonal,
+        sigreg_weight=s.sigreg.weight,
+        sigreg_koleo_too=s.sigreg.koleo_too,
+        sigreg_num_slices=s.sigreg.num_slices,
+        sigreg_reference_scaling=s.sigreg.reference_scaling,
     )

@@ -294,7 +294,7 @@ def train(
             )
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             with autocast:
-                terms = task(batch, teacher_temp=sched["teacher_temp"])
+                terms = task(batch, teacher_temp=sched["teacher_temp"], step=step)
             finite = bool(torch.isfinite(terms["total"]).item())
             if not all_ranks_true(finite, device):
                 breakdown = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())

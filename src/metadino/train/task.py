@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metadino.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, SoftmaxCenter, sinkhorn_knopp
+from metadino.losses import SIGReg, DINOLoss, IBOTPatchLoss, KoLeoLoss, SoftmaxCenter, sinkhorn_knopp
 from metadino.models.backbone import Backbone
 from metadino.models.heads import DINOHead
 
@@ -65,6 +65,10 @@ class SSLTask(nn.Module):
         koleo_loss_weight: float,
         center_momentum: float,
         ignore_diagonal: bool,
+        sigreg_weight: float = 0.0,
+        sigreg_koleo_too: bool = False,
+        sigreg_num_slices: int = 1024,
+        sigreg_reference_scaling: bool = False,
     ):
         super().__init__()
         self.student = student
@@ -78,7 +82,10 @@ class SSLTask(nn.Module):
         self.koleo_loss = KoLeoLoss()
         out_dim = student.dino_head.last_layer.out_features
         self.dino_center = SoftmaxCenter(out_dim, momentum=center_momentum) if method == "dinov1" else None
-        self.weights = {"dino": dino_loss_weight, "ibot": ibot_loss_weight, "koleo": koleo_loss_weight}
+        self.sigreg = SIGReg(num_slices=sigreg_num_slices, reference_scaling=sigreg_reference_scaling) if sigreg_weight > 0 else None
+        if self.sigreg is not None and not sigreg_koleo_too:
+            koleo_loss_weight = 0.0  # SIGReg replaces KoLeo (reference: koleo_too false)
+        self.weights = {"dino": dino_loss_weight, "ibot": ibot_loss_weight, "koleo": koleo_loss_weight, "sigreg": sigreg_weight}
         # The loop may swap in a DDP-wrapped student; kept out of the module tree (no duplicate state).
         self.__dict__["_student_call"] = self.student
 
@@ -104,8 +111,11 @@ class SSLTask(nn.Module):
             targets["ibot"] = sinkhorn_knopp(out["ibot_logits"].float(), teacher_temp)
         return targets
 
-    def forward(self, batch: dict[str, Any], *, teacher_temp: float) -> dict[str, Tensor]:
-        """One step's loss terms. Keys: dino_local, dino_global, dino, [ibot], [koleo], total."""
+    def forward(self, batch: dict[str, Any], *, teacher_temp: float, step: int = 0) -> dict[str, Tensor]:
+        """One step's loss terms. Keys: dino_local, dino_global, dino, [ibot], [koleo], [sigreg], total.
+
+        `step` seeds SIGReg's random projections (the same on every rank and both crops).
+        """
         glob, local, masks = batch["global"], batch["local"], batch["masks"]
         n_g = self.n_global
         B = glob.shape[0] // n_g
@@ -125,6 +135,11 @@ class SSLTask(nn.Module):
             masks_weight = (1.0 / counts.float()).unsqueeze(1).expand_as(masks)[masks]
             terms["ibot"] = self.ibot_loss(out["ibot_logits"].float(), targets["ibot"], masks_weight, n_images=n_g * B)
             total = total + self.weights["ibot"] * terms["ibot"]
+        if self.sigreg is not None:
+            # Reference §6: weight x n_global x mean over global crops, on the pre-norm bottleneck.
+            per_crop = [self.sigreg(z, seed_step=step) for z in out["bottleneck"].chunk(n_g)]
+            terms["sigreg"] = torch.stack(per_crop).mean() * n_g
+            total = total + self.weights["sigreg"] * terms["sigreg"]
         if self.method == "dinov2" and self.weights["koleo"] > 0:
             # Reference: weight x n_global x mean over global crops of the per-crop KoLeo.
             per_crop = [self.koleo_loss(c) for c in out["global_cls"].float().chunk(n_g)]

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from testkit import tiny_config
+from metadino.config import config_from_dict
+from metadino.losses import SIGReg
+from metadino.train.factory import build_backbone_from_config, build_task
+
+
+def _batch(n_global=2, n_local=2, B=4, C=3, G=32, L=16, N=16):
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(n_global * B, N, dtype=torch.bool)
+    masks[::2, :5] = True
+    return {
+        "global": torch.randn(n_global * B, C, G, G, generator=g),
+        "local": torch.randn(n_local * B, C, L, L, generator=g),
+        "masks": masks,
+    }
+
+
+def _task(image_table, **ssl):
+    cfg = config_from_dict(tiny_config(image_table, ssl=ssl, model={"drop_path_rate": 0.0}))
+    torch.manual_seed(0)
+    return build_task(cfg, build_backbone_from_config(cfg.model, image_size=32)).train()
+
+
+def test_sigreg_term_matches_reference_formula_and_replaces_koleo(image_table):
+    task = _task(image_table, sigreg={"weight": 0.05})
+    batch = _batch()
+    terms = task(batch, teacher_temp=0.07, step=7)
+    assert "koleo" not in terms and "sigreg" in terms
+    out = task.student(batch["global"], batch["local"], batch["masks"], mask_inputs=True)
+    bottleneck = out["bottleneck"].view(2, 4, -1)
+    ref = SIGReg()
+    expected = 2 * 0.5 * (ref(bottleneck[0], seed_step=7) + ref(bottleneck[1], seed_step=7))
+    torch.testing.assert_close(terms["sigreg"], expected)
+    others = terms["dino"] + terms["ibot"]
+    torch.testing.assert_close(terms["total"], others + 0.05 * terms["sigreg"])
+
+
+def test_sigreg_with_koleo_too(image_table):
+    terms = _task(image_table, sigreg={"weight": 0.05, "koleo_too": True})(_batch(), teacher_temp=0.07, step=0)
+    assert "koleo" in terms and "sigreg" in terms
+
+
+def test_every_trainable_parameter_gets_a_finite_gradient_and_teacher_none(image_table):
+    task = _task(image_table)
+    terms = task(_batch(), teacher_temp=0.07)
+    terms["total"].backward()
+    for name, p in task.student.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert all(p.grad is None for p in task.teacher.parameters())
