@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import copy
 
-from metadino.config import Config, ModelConfig
+from metadino.config import Config, GuideConfig, ModelConfig
+from metadino.data.table import MetadataTable
+from metadino.data.targets import ColumnEncoder, build_encoder
+from metadino.guidance.guides import GuideSet, GuideSpec
+from metadino.guidance.heads import GuideHead, MLPClassifier, MLPRegressor, PrototypeBank
 from metadino.data.crops import MultiCropAugmentation
 from metadino.data.photometric import build_photometric
 from metadino.models.backbone import Backbone, build_backbone
@@ -56,7 +60,54 @@ def build_augmentation(cfg: Config, patch_size: int) -> MultiCropAugmentation:
     )
 
 
-def build_task(cfg: Config, backbone: Backbone) -> SSLTask:
+def build_encoders(cfg: Config, table: MetadataTable) -> dict[str, ColumnEncoder]:
+    """Encoders of every guided and conditioning column, built from the training rows."""
+    encoders: dict[str, ColumnEncoder] = {}
+    for g in cfg.guidance.guides:
+        purpose = f"guide '{g.column}'"
+        if g.head == "regression":
+            kind = "continuous"
+        elif g.multilabel is None:
+            kind = None  # inferred: categorical or multilabel (a continuous column is an error below)
+        else:
+            kind = "multilabel" if g.multilabel else "categorical"
+        enc = build_encoder(table, g.column, kind=kind, separator=g.separator, purpose=purpose)
+        if g.head != "regression" and enc.kind == "continuous":
+            enc = build_encoder(table, g.column, kind="categorical", purpose=purpose)
+        encoders[g.column] = enc
+    for g in cfg.guidance.guides:
+        for column in g.given:
+            if column not in encoders:
+                encoders[column] = build_encoder(table, column, purpose=f"'given' of guide '{g.column}'")
+    return encoders
+
+
+def _guide_head(g: GuideConfig, enc: ColumnEncoder, in_dim: int) -> GuideHead:
+    if g.head == "prototypical":
+        return PrototypeBank(in_dim, enc.n_outputs, g.temperature, g.momentum, g.phi_min)
+    if g.head == "regression":
+        lo = g.target_min if g.target_min is not None else enc.minimum
+        hi = g.target_max if g.target_max is not None else enc.maximum
+        return MLPRegressor(in_dim, 1, g.hidden_dims, g.dropout, g.output_activation, lo, hi)
+    return MLPClassifier(in_dim, enc.n_outputs, g.hidden_dims, g.dropout, multilabel=enc.kind == "multilabel")
+
+
+def build_guides(cfg: Config, encoders: dict[str, ColumnEncoder], *, embed_dim: int, dino_out_dim: int) -> GuideSet | None:
+    gc = cfg.guidance
+    if not gc.guides:
+        return None
+    specs, heads = [], {}
+    for g in gc.guides:
+        weight = g.weight / gc.spurious_weight_divisor if g.role == "spurious" else g.weight
+        spec = GuideSpec(g.column, g.role, weight, g.grl_space, tuple(g.given))
+        in_dim = (dino_out_dim if g.grl_space == "prototype" else embed_dim) + sum(encoders[c].condition_dim for c in g.given)
+        specs.append(spec)
+        heads[g.column] = _guide_head(g, encoders[g.column], in_dim)
+    conditioners = {c: encoders[c] for g in gc.guides for c in g.given}
+    return GuideSet(specs, heads, conditioners, balance=gc.balance, balance_per_rank=gc.balance_per_rank)
+
+
+def build_task(cfg: Config, backbone: Backbone, guides: GuideSet | None = None) -> SSLTask:
     """Student and teacher share the initial weights; heads come from `ssl.head` / `ssl.ibot.head`."""
     s = cfg.ssl
     if cfg.model.grad_checkpointing:
@@ -89,4 +140,5 @@ def build_task(cfg: Config, backbone: Backbone) -> SSLTask:
         sigreg_koleo_too=s.sigreg.koleo_too,
         sigreg_num_slices=s.sigreg.num_slices,
         sigreg_reference_scaling=s.sigreg.reference_scaling,
+        guides=guides,
     )

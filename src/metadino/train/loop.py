@@ -32,7 +32,16 @@ from metadino.errors import UserError
 from metadino.export import preprocessing_from_config, write_export
 from metadino.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from metadino.train.distributed import DistInfo, all_ranks_true, barrier, init_distributed, is_dist, mean_across_ranks
-from metadino.train.factory import build_augmentation, build_backbone_from_config, build_task, resolve_stages
+from metadino.data.targets import TableTargets, save_vocab
+from metadino.guidance.schedule import guidance_lambda
+from metadino.train.factory import (
+    build_augmentation,
+    build_backbone_from_config,
+    build_encoders,
+    build_guides,
+    build_task,
+    resolve_stages,
+)
 from metadino.train.optim import apply_optim_schedule, build_param_groups
 from metadino.train.provenance import provenance
 from metadino.train.schedules import backbone_lr_scale, linear_warmup, warmup_cosine
@@ -80,7 +89,9 @@ def schedule_values(cfg: Config, step: int) -> dict[str, float]:
     o, s, total = cfg.optim, cfg.ssl, cfg.train.steps
     lr = warmup_cosine(step, total=total, peak=o.lr, end=o.min_lr, warmup=o.warmup_steps)
     heads_only, ramp = resolve_stages(cfg)
+    lam = cfg.guidance.lambda_
     return {
+        "guide_lambda": guidance_lambda(step, total, lam.schedule, lam.warmup_steps),
         "backbone_scale": backbone_lr_scale(step, heads_only_steps=heads_only, ramp_steps=ramp),
         "lr": lr,
         "last_layer_lr": 0.0 if step < s.freeze_last_layer_steps else lr,
@@ -192,16 +203,20 @@ def train(
         rows=cfg.data.rows,
         missing_values=cfg.data.missing_values,
     )
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    encoders = build_encoders(cfg, table)  # checks guide columns before any compute
+    torch.manual_seed(cfg.train.seed)  # identical initial weights (and prototype banks) on every rank
     backbone = build_backbone_from_config(cfg.model, image_size=cfg.crops.global_size)
     for key, size in (("crops.global_size", cfg.crops.global_size), ("crops.local_size", cfg.crops.local_size)):
         if size % backbone.patch_size:
             raise UserError(f"config key '{key}': {size} is not a multiple of the backbone's patch size {backbone.patch_size}.")
     augment = build_augmentation(cfg, backbone.patch_size)
-    task = build_task(cfg, backbone).to(device)
+    guides = build_guides(cfg, encoders, embed_dim=backbone.embed_dim, dino_out_dim=cfg.ssl.head.out_dim)
+    task = build_task(cfg, backbone, guides).to(device)
     heads = [("dino_head", task.student.dino_head)]
     if task.student.ibot_head is not None and task.student.ibot_head is not task.student.dino_head:
         heads.append(("ibot_head", task.student.ibot_head))
+    if guides is not None:
+        heads.append(("guides", guides))
     groups = build_param_groups(
         task.student.backbone,
         heads,
@@ -238,6 +253,8 @@ def train(
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml", provenance(table.fingerprint(), info.world_size))
+        if encoders:
+            save_vocab(run_dir / "vocab.json", encoders)
     barrier()
 
     if info.enabled:
@@ -252,7 +269,8 @@ def train(
         rank=info.rank,
         world_size=info.world_size,
     )
-    dataset = SSLDataset(table, augment, seed=cfg.train.seed, in_chans=cfg.model.in_chans)
+    targets = TableTargets.from_table(table, encoders) if encoders else None
+    dataset = SSLDataset(table, augment, seed=cfg.train.seed, in_chans=cfg.model.in_chans, targets=targets)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -292,9 +310,9 @@ def train(
                 last_layer_lr=sched["last_layer_lr"],
                 backbone_scale=sched["backbone_scale"],
             )
-            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            batch = _to_device(batch, device)
             with autocast:
-                terms = task(batch, teacher_temp=sched["teacher_temp"], step=step)
+                terms = task(batch, teacher_temp=sched["teacher_temp"], step=step, guide_lambda=sched["guide_lambda"])
             finite = bool(torch.isfinite(terms["total"]).item())
             if not all_ranks_true(finite, device):
                 breakdown = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
@@ -302,8 +320,11 @@ def train(
                     f"training stopped at step {step}: the loss is not finite ({breakdown}); the last checkpoint in "
                     f"'{run_dir / 'checkpoints'}' is intact. Lower optim.lr, use train.precision=fp32, or check the images."
                 )
+            task.apply_pending_updates()  # centre / prototype banks: only from finite steps
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
+            if task.guides is not None:
+                task.guides.sync_gradients()
             grad_norms = {}
             for name, params in clip_groups.items():
                 if params:
@@ -322,7 +343,7 @@ def train(
             if step % cfg.train.log_every == 0 or step == end_step:
                 now = time.perf_counter()
                 values = {k: float(v.detach()) for k, v in terms.items()}
-                values = mean_across_ranks(values, device)
+                values = mean_across_ranks({**values, **task.metrics}, device)
                 record = {"step": step, **values, **sched, **grad_norms, "images_per_s": images_since_log / max(now - t_last, 1e-9)}
                 t_last, images_since_log = now, 0
                 result.history.append(record)
@@ -346,6 +367,17 @@ def train(
     barrier()
     result.preempted = stop.requested
     return result
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    def move(v: Any) -> Any:
+        if torch.is_tensor(v):
+            return v.to(device, non_blocking=True)
+        if isinstance(v, dict):
+            return {k: move(x) for k, x in v.items()}
+        return v
+
+    return {k: move(v) for k, v in batch.items()}
 
 
 def _check_ranks_identical(task: Any, device: torch.device) -> None:

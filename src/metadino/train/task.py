@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from metadino.losses import SIGReg, DINOLoss, IBOTPatchLoss, KoLeoLoss, SoftmaxCenter, sinkhorn_knopp
+from metadino.guidance.guides import GuideSet
 from metadino.models.backbone import Backbone
 from metadino.models.heads import DINOHead
 
@@ -69,6 +70,7 @@ class SSLTask(nn.Module):
         sigreg_koleo_too: bool = False,
         sigreg_num_slices: int = 1024,
         sigreg_reference_scaling: bool = False,
+        guides: GuideSet | None = None,
     ):
         super().__init__()
         self.student = student
@@ -86,8 +88,13 @@ class SSLTask(nn.Module):
         if self.sigreg is not None and not sigreg_koleo_too:
             koleo_loss_weight = 0.0  # SIGReg replaces KoLeo (reference: koleo_too false)
         self.weights = {"dino": dino_loss_weight, "ibot": ibot_loss_weight, "koleo": koleo_loss_weight, "sigreg": sigreg_weight}
+        self.guides = guides
         # The loop may swap in a DDP-wrapped student; kept out of the module tree (no duplicate state).
         self.__dict__["_student_call"] = self.student
+        # Teacher-side state updates (softmax centre, prototype banks) wait until the step is known to be
+        # finite, so a NaN batch can never poison persistent buffers.
+        self.__dict__["_pending"] = []
+        self.metrics: dict[str, float] = {}
 
     def set_student_call(self, fn: Callable[..., dict[str, Tensor]]) -> None:
         self.__dict__["_student_call"] = fn
@@ -103,19 +110,29 @@ class SSLTask(nn.Module):
         logits = out["dino_logits"].float()
         if self.dino_center is not None:
             probs = self.dino_center.probs(logits, teacher_temp)
-            self.dino_center.update(logits)
+            self._pending.append(lambda: self.dino_center.update(logits))
         else:
             probs = sinkhorn_knopp(logits, teacher_temp)
-        targets = {"dino": probs}
+        targets = {"dino": probs, "cls": out["global_cls"]}
         if "ibot_logits" in out:
             targets["ibot"] = sinkhorn_knopp(out["ibot_logits"].float(), teacher_temp)
         return targets
 
-    def forward(self, batch: dict[str, Any], *, teacher_temp: float, step: int = 0) -> dict[str, Tensor]:
-        """One step's loss terms. Keys: dino_local, dino_global, dino, [ibot], [koleo], [sigreg], total.
+    def apply_pending_updates(self) -> None:
+        """Run the teacher-side state updates of the last forward (call once the loss is known finite)."""
+        for update in self._pending:
+            update()
+        self._pending.clear()
+
+    def forward(
+        self, batch: dict[str, Any], *, teacher_temp: float, step: int = 0, guide_lambda: float = 0.0
+    ) -> dict[str, Tensor]:
+        """One step's loss terms. Keys: dino_local, dino_global, dino, [ibot], [koleo], [sigreg],
+        [guide/<column>], total. Logging-only scalars of the guides land in ``self.metrics``.
 
         `step` seeds SIGReg's random projections (the same on every rank and both crops).
         """
+        self._pending.clear()
         glob, local, masks = batch["global"], batch["local"], batch["masks"]
         n_g = self.n_global
         B = glob.shape[0] // n_g
@@ -145,6 +162,16 @@ class SSLTask(nn.Module):
             per_crop = [self.koleo_loss(c) for c in out["global_cls"].float().chunk(n_g)]
             terms["koleo"] = torch.stack(per_crop).mean() * n_g
             total = total + self.weights["koleo"] * terms["koleo"]
+        self.metrics = {}
+        if self.guides is not None:
+            # Guides see the student CLS of the (masked) global crops, reference §0.1.
+            cls = out["global_cls"].view(n_g, B, -1)
+            guided, contributions, self.metrics = self.guides(cls, student_global, batch, guide_lambda)
+            for name, value in contributions.items():
+                terms[f"guide/{name}"] = value
+            total = total + guided
+            teacher_cls = targets["cls"].view(n_g, B, -1)
+            self._pending.append(lambda: self.guides.update(teacher_cls, batch))
         terms["total"] = total
         return terms
 

@@ -1,0 +1,116 @@
+"""A set of metadata guides: per-column heads, signs, weights, conditioning and balancing.
+
+Each guide reads the student CLS of the global crops (reference §0.1), or the DINO-head logits for
+``grl_space: prototype``. Informative guides pull their column into the representation (+λ);
+spurious guides push it out by gradient reversal (−λ) and use the reference's weight rule
+(``w_eff = weight / spurious_weight_divisor``, 10 in the reference). A spurious guide with
+``given: [columns]`` also receives those columns' values (one-hot or scaled, never reversed), so the
+adversary only removes what they do not explain (conditional suppression, beyond the reference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from metadino.data.targets import ColumnEncoder
+from metadino.guidance.balance import balance_guides
+from metadino.guidance.heads import GuideHead
+
+
+@dataclass(frozen=True)
+class GuideSpec:
+    column: str
+    role: str  # "informative" | "spurious"
+    weight: float  # effective weight (after the spurious divisor)
+    space: str = "embedding"  # "embedding" | "prototype"
+    given: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def sign(self) -> float:
+        return -1.0 if self.role == "spurious" else 1.0
+
+
+class GuideSet(nn.Module):
+    """All guides of a run. Not part of the EMA teacher, not clipped (as in the reference)."""
+
+    def __init__(
+        self,
+        specs: list[GuideSpec],
+        heads: dict[str, GuideHead],
+        conditioners: dict[str, ColumnEncoder],
+        *,
+        balance: bool,
+        balance_per_rank: bool = False,
+    ):
+        super().__init__()
+        self.specs = {s.column: s for s in specs}
+        self.heads = nn.ModuleDict(heads)
+        self.conditioners = conditioners
+        self.balance = balance
+        self.balance_per_rank = balance_per_rank
+
+    def _features(self, spec: GuideSpec, cls: Tensor, logits: Tensor | None, batch: dict) -> Tensor:
+        x = logits if spec.space == "prototype" else cls
+        if not spec.given:
+            return x
+        cond = [self.conditioners[c].one_hot(batch["targets"][c], batch["valid"][c]).to(x.dtype) for c in spec.given]
+        cond = torch.cat(cond, dim=-1).unsqueeze(0).expand(x.shape[0], -1, -1)
+        return torch.cat([x, cond], dim=-1)
+
+    def forward(
+        self, cls: Tensor, logits: Tensor | None, batch: dict, lam: float
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+        """Guide losses of one step.
+
+        Args:
+            cls: student CLS of the global crops [n_g, B, D] (the balancing anchor).
+            logits: student DINO-head logits of the global crops [n_g, B, K] (prototype-space guides).
+            batch: with ``targets``/``valid`` dicts keyed by column.
+            lam: λ of the schedule (the sign comes from each guide's role).
+        Returns:
+            (sum to add to the loss, per-guide contributions for the loss breakdown, metrics to log).
+        """
+        weighted: dict[str, Tensor] = {}
+        metrics: dict[str, float] = {"guide/lambda": lam}
+        for name, spec in self.specs.items():
+            out = self.heads[name].loss(self._features(spec, cls, logits, batch), batch["targets"][name], batch["valid"][name], spec.sign * lam)
+            weighted[name] = spec.weight * out.loss
+            metrics[f"guide/{name}/loss"] = float(out.loss.detach())
+            metrics[f"guide/{name}/weighted"] = float(weighted[name].detach())
+            metrics[f"guide/{name}/lambda"] = spec.sign * lam
+            metrics[f"guide/{name}/valid"] = float(batch["valid"][name].float().mean())
+            for key, value in out.metrics.items():
+                metrics[f"guide/{name}/{key}"] = float(value)
+        if self.balance and len(weighted) > 1:
+            total, scales, norms, target = balance_guides(
+                weighted, cls, per_rank=self.balance_per_rank, weights={n: s.weight for n, s in self.specs.items()}
+            )
+            for name in weighted:
+                metrics[f"guide/{name}/grad_norm"] = norms[name]
+                metrics[f"guide/{name}/scale"] = scales[name]
+                weighted[name] = weighted[name] * scales[name]
+            metrics["guide/grad_norm_target"] = target
+        else:
+            total = torch.stack(list(weighted.values())).sum()
+        return total, weighted, metrics
+
+    @torch.no_grad()
+    def update(self, teacher_cls: Tensor, batch: dict) -> None:
+        """Prototype banks learn from the teacher CLS of the global crops (crop 0, then crop 1)."""
+        for name, spec in self.specs.items():
+            self.heads[name].update(teacher_cls, batch["targets"][name], batch["valid"][name])
+
+    def sync_gradients(self) -> None:
+        """Average guide-head gradients over ranks (the heads live outside the DDP-wrapped student)."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        world = dist.get_world_size()
+        for p in self.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)  # keep the collective calls identical on every rank
+            dist.all_reduce(p.grad)
+            p.grad /= world
