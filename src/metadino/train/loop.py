@@ -381,13 +381,14 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _check_ranks_identical(task: Any, device: torch.device) -> None:
-    """DDP keeps replicas in sync; verify it (student and EMA teacher) so silent divergence cannot go unnoticed."""
+    """DDP keeps replicas in sync; verify it (student, EMA teacher, guide heads, centres and prototype
+    banks) so that silent divergence cannot go unnoticed."""
     with torch.no_grad():
-        local = torch.stack([p.double().sum() for p in task.parameters()]).to(device)
+        local = torch.stack([t.double().sum() for t in [*task.parameters(), *task.buffers()]]).to(device)
         gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, local)
     if any(not torch.equal(gathered[0], g) for g in gathered[1:]):
-        raise RuntimeError("DDP replicas diverged: parameters differ across ranks after training")
+        raise RuntimeError("DDP replicas diverged: parameters or buffers differ across ranks after training")
 
 
 def _save(
