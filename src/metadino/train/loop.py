@@ -350,7 +350,11 @@ def train(
                 if metrics_file is not None:
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
-                bar.set_postfix(loss=f"{values['total']:.3f}", img_s=f"{record['images_per_s']:.1f}", lr=f"{sched['lr']:.2e}")
+                postfix = {"loss": f"{values['total']:.3f}", "img_s": f"{record['images_per_s']:.1f}", "lr": f"{sched['lr']:.2e}"}
+                if task.guides is not None:
+                    postfix["λ"] = f"{sched['guide_lambda']:.2f}"
+                    postfix.update({name[len("guide/"):]: f"{values[name]:.3f}" for name in values if name.count("/") == 1 and name.startswith("guide/")})
+                bar.set_postfix(postfix)
             stop_now = not all_ranks_true(not stop.requested, device)
             if step % cfg.train.checkpoint_every == 0 or step == end_step or stop_now:
                 _save(run_dir, step, task, optimizer, cfg, table.fingerprint(), device, info, keep=cfg.train.keep_checkpoints)
