@@ -41,3 +41,41 @@ def tiny_config(table: Path, **sections) -> dict:
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)
     return cfg
+
+
+def launch_ranks(script: str, world: int, tmp: Path, inputs: dict) -> list[dict]:
+    """Run `python script RANK INIT_FILE INPUTS OUT` as `world` gloo processes; return each rank's saved dict.
+
+    The script's ``__main__`` joins the group through ``file://INIT_FILE`` and ``torch.save``s its
+    outputs to OUT. Used by the 2-process equivalence tests.
+    """
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    in_path = tmp / "inputs.pt"
+    torch.save(inputs, in_path)
+    here = Path(__file__).resolve().parent  # tests/: the worker scripts import testkit too
+    paths = [str(here.parent / "src"), str(here), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, str(r), str(tmp / "init"), str(in_path), str(tmp / f"out{r}.pt")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for r in range(world)
+    ]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=90)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for r, p in enumerate(procs):
+        if p.returncode != 0:
+            raise AssertionError(f"rank {r} failed:\n{logs[r] if r < len(logs) else ''}")
+    return [torch.load(tmp / f"out{r}.pt", weights_only=True) for r in range(world)]

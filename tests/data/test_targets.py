@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 
 from metadino.data.table import load_table
 from metadino.data.targets import TableTargets, build_encoder, load_vocab, save_vocab

@@ -8,12 +8,10 @@ concatenated batch.
 from __future__ import annotations
 
 import gc
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from testkit import launch_ranks
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -82,26 +80,7 @@ def _worker(rank: int, init_file: str, in_path: str, out_path: str) -> None:
 
 @pytest.fixture(scope="module")
 def rank_outputs(tmp_path_factory) -> list[dict[str, torch.Tensor]]:
-    tmp = tmp_path_factory.mktemp("dist")
-    in_path = tmp / "inputs.pt"
-    torch.save(_inputs(), in_path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
-                                          os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, __file__, str(r), str(tmp / "init"), str(in_path),
-                               str(tmp / f"out{r}.pt")], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(WORLD)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=90)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for r, p in enumerate(procs):
-        assert p.returncode == 0, f"rank {r} failed:\n{logs[r] if r < len(logs) else ''}"
-    return [torch.load(tmp / f"out{r}.pt", weights_only=True) for r in range(WORLD)]
+    return launch_ranks(__file__, WORLD, tmp_path_factory.mktemp("dist"), _inputs())
 
 
 pytestmark = pytest.mark.integration

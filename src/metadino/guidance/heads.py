@@ -15,6 +15,8 @@ flags (padded to the largest per-rank batch) and applies the identical update of
 
 from __future__ import annotations
 
+import abc
+
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -88,11 +90,12 @@ def _check_mlp_args(name: str, in_dim: int, n_out: int, hidden_dims: Sequence[in
         raise UserError(f"{name}: dropout must be in [0, 1), got {dropout}; fix the guide's `dropout`.")
 
 
-class GuideHead(nn.Module):
+class GuideHead(nn.Module, abc.ABC):
     """Common interface of guide heads."""
 
     kind: str = ""
 
+    @abc.abstractmethod
     def loss(self, features: Tensor, targets: Tensor, valid: Tensor | None, lam: float) -> GuideOutput:
         """Loss of the guide on the student features.
 
@@ -102,7 +105,7 @@ class GuideHead(nn.Module):
             valid: [B] bool, False where the metadata value is missing (None: all valid).
             lam: gradient factor λ_eff applied to the features (negative for gradient reversal).
         """
-        raise NotImplementedError
+        ...
 
     @torch.no_grad()
     def update(self, teacher_features: Tensor, targets: Tensor, valid: Tensor | None) -> None:
