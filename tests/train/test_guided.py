@@ -76,3 +76,14 @@ def test_guide_column_errors(tmp_path, synthetic):
     with pytest.raises(UserError, match="'cell_line'.*non-numeric"):
         train(config_from_dict(bad), tmp_path / "r2", progress=False)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_prototype_space_guide(tmp_path, synthetic):
+    """A classification guide reading the DINO-head logits (grl_space: prototype) trains end to end."""
+    cfg = _cfg(synthetic)
+    cfg["guidance"] = {"guides": [{"column": "cell_line", "role": "spurious", "grl_space": "prototype", "hidden_dims": [8]}]}
+    cfg["train"]["steps"] = 2
+    result = train(config_from_dict(cfg), tmp_path / "run", progress=False)
+    assert result.finished and torch.isfinite(torch.tensor(result.history[-1]["guide/cell_line"]))
+    state = load_latest_checkpoint(tmp_path / "run")["task"]
+    assert state["guides.heads.cell_line.mlp.0.weight"].shape[1] == 64  # the DINO head's out_dim
