@@ -79,3 +79,25 @@ def launch_ranks(script: str, world: int, tmp: Path, inputs: dict) -> list[dict]
         if p.returncode != 0:
             raise AssertionError(f"rank {r} failed:\n{logs[r] if r < len(logs) else ''}")
     return [torch.load(tmp / f"out{r}.pt", weights_only=True) for r in range(world)]
+
+
+def join_group(rank: int, init_file: str, world: int) -> None:
+    """Worker side of :func:`launch_ranks`: one thread, gloo through a shared file."""
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+
+
+def leave_group(out: dict, out_path: str) -> None:
+    """Save a rank's outputs and leave cleanly: DDP objects must be freed before the group is destroyed."""
+    import gc
+
+    import torch
+    import torch.distributed as dist
+
+    torch.save(out, out_path)
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()

@@ -173,12 +173,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from metadino.data.table import load_table
-    from metadino.embed import extract_features, write_embeddings
+    from metadino.embed import check_output_path, extract_features, write_embeddings
     from metadino.export import load_model
     from metadino.train.loop import resolve_device
 
-    if args.out.suffix.lower() != ".parquet":
-        raise UserError(f"--out '{args.out}' must end in .parquet.")
+    check_output_path(args.out)  # before loading anything
     backbone, pre = load_model(args.model)
     table = load_table(args.table, image_column=args.image_column, root=args.root, rows=parse_rows(args.rows))
     device = resolve_device(args.device)

@@ -63,11 +63,16 @@ def extract_features(
     return torch.cat(out) if out else torch.empty(0, backbone.embed_dim)
 
 
-def write_embeddings(table: MetadataTable, features: torch.Tensor, out: str | Path) -> Path:
-    """Parquet with one row per image: the path as written in the table, its row number, the embedding."""
+def check_output_path(out: str | Path) -> Path:
     out = Path(out)
     if out.suffix.lower() != ".parquet":
         raise UserError(f"--out '{out}' must end in .parquet.")
+    return out
+
+
+def write_embeddings(table: MetadataTable, features: torch.Tensor, out: str | Path) -> Path:
+    """Parquet with one row per image: the path as written in the table, its row number, the embedding."""
+    out = check_output_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     emb = features.numpy().astype(np.float32)
     frame = pd.DataFrame({table.image_column: table.frame[table.image_column].astype(str).tolist(), "row": table.row_numbers})

@@ -7,13 +7,11 @@ concatenated batch.
 
 from __future__ import annotations
 
-import gc
 import sys
 
 import pytest
-from testkit import launch_ranks
+from testkit import join_group, launch_ranks, leave_group
 import torch
-import torch.distributed as dist
 
 from metadino.guidance import MLPClassifier, MLPRegressor, PrototypeBank, balance_guides
 
@@ -86,16 +84,12 @@ def _balance(data: dict[str, torch.Tensor], rank: int | None, per_rank: bool) ->
 
 
 def _worker(rank: int, init_file: str, in_path: str, out_path: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    join_group(rank, init_file, WORLD)
     data = torch.load(in_path, weights_only=True)
     out = _run_bank(data, rank)
     for mode, per_rank in (("global", False), ("local", True)):
         out.update({f"{mode}/{k}": v for k, v in _balance(data, rank, per_rank).items()})
-    torch.save(out, out_path)
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_group(out, out_path)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,11 @@ concatenated batch.
 
 from __future__ import annotations
 
-import gc
 import sys
 
 import pytest
-from testkit import launch_ranks
+from testkit import join_group, launch_ranks, leave_group
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from metadino.losses.centering import SoftmaxCenter, sinkhorn_knopp
@@ -49,8 +47,7 @@ def _part(x: torch.Tensor, split: tuple[int, ...], rank: int) -> torch.Tensor:
 
 
 def _worker(rank: int, init_file: str, in_path: str, out_path: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    join_group(rank, init_file, WORLD)
     data = torch.load(in_path, weights_only=True)
     out: dict[str, torch.Tensor] = {}
     for name, split in SK_SPLITS.items():
@@ -72,10 +69,7 @@ def _worker(rank: int, init_file: str, in_path: str, out_path: str) -> None:
         sig(model(_part(data["x"], split, rank)), seed_step=SIG_SEED).backward()
         out[f"sig/{mode}/grad_w"] = model.module.weight.grad.clone()
         del model  # free DDP (it holds the process group) before the group is destroyed
-    torch.save(out, out_path)
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_group(out, out_path)
 
 
 @pytest.fixture(scope="module")

@@ -228,11 +228,12 @@ def train(
     )
     optimizer = torch.optim.AdamW(groups, lr=0.0, betas=cfg.optim.betas)
 
+    fingerprint = table.fingerprint()
     start_step = 0
     if resume:
         state = load_latest_checkpoint(run_dir)
         _check_resume_compatible(state, cfg, run_dir)
-        if state.get("data_fingerprint") != table.fingerprint():
+        if state.get("data_fingerprint") != fingerprint:
             raise UserError(
                 f"cannot resume '{run_dir}': the table '{table.source}' or its row selection changed since the run started; "
                 "restore it or start a new run with another --out."
@@ -252,7 +253,7 @@ def train(
     end_step = min(total, stop_after) if stop_after is not None else total
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml", provenance(table.fingerprint(), info.world_size))
+        save_config(cfg, run_dir / "config.yaml", provenance(fingerprint, info.world_size))
         if encoders:
             save_vocab(run_dir / "vocab.json", encoders)
     barrier()
@@ -357,7 +358,7 @@ def train(
                 bar.set_postfix(postfix)
             stop_now = not all_ranks_true(not stop.requested, device)
             if step % cfg.train.checkpoint_every == 0 or step == end_step or stop_now:
-                _save(run_dir, step, task, optimizer, cfg, table.fingerprint(), device, info, keep=cfg.train.keep_checkpoints)
+                _save(run_dir, step, task, optimizer, cfg, fingerprint, device, info, keep=cfg.train.keep_checkpoints)
             if stop_now:
                 break
     bar.close()
