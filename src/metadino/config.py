@@ -105,6 +105,14 @@ class SIGRegConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation: a larger frozen model provides the DINO/iBOT targets instead of the EMA teacher."""
+
+    teacher: str | None = None
+    """Backbone spec of the frozen teacher (same forms as model.backbone); null: the usual EMA teacher."""
+
+
+@dataclass
 class SSLConfig:
     """The self-supervised objective."""
 
@@ -130,6 +138,19 @@ class SSLConfig:
     freeze_last_layer_steps: int = 0
     """Prototype layers get LR 0 for this many steps (stabilises the start)."""
     sigreg: SIGRegConfig = field(default_factory=SIGRegConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+@dataclass
+class LabelGuidedConfig:
+    """DINO-LG: centre a share of the local crops on an annotated region of the image."""
+
+    share: float = 0.0
+    """Share of local crops centred on the region (0 disables; rows without a region use plain crops)."""
+    bbox_columns: list[str] = field(default_factory=list)
+    """Four columns x0, y0, x1, y1 of a bounding box, in pixels of the original image."""
+    mask_column: str | None = None
+    """Column holding the path of a mask image (non-zero = region), relative like the image paths."""
 
 
 @dataclass
@@ -149,6 +170,7 @@ class CropsConfig:
     mean: list[float] | None = None
     """Per-channel normalisation mean (natural: ImageNet by default)."""
     std: list[float] | None = None
+    label_guided: LabelGuidedConfig = field(default_factory=LabelGuidedConfig)
 
 
 @dataclass
@@ -255,6 +277,33 @@ class StagesConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (peft) on the backbone's linear layers."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["qkv"])
+    """Layers that get adapters: qkv (attention input projections, under whatever name the transformers
+    version uses: query/key/value or q_proj/k_proj/v_proj), proj (attention output), mlp, or literal
+    module-name suffixes."""
+
+
+@dataclass
+class AdaptConfig:
+    """Which backbone parameters train (DINO-MX adaptation modes)."""
+
+    mode: Literal["full", "lora", "freeze"] = "full"
+    """full: every parameter; lora: only adapters (+ heads, + final norm if train_norm); freeze: the patch
+    embedding and the first freeze_blocks blocks are frozen."""
+    freeze_blocks: int = 0
+    """freeze and lora modes: the first N blocks get no gradients (lora: no adapters there)."""
+    train_norm: bool = True
+    """lora mode: the final norm of the backbone trains as well."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -264,6 +313,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
 # Keys that may change when a run is resumed; anything else must match the saved config.
@@ -593,6 +643,7 @@ def validate(cfg: Config) -> None:
         _check(v is None or v >= 0, f"stages.{key}", "must be >= 0.")
     _check(st.unfreeze_last_n_blocks >= 0, "stages.unfreeze_last_n_blocks", "must be >= 0.")
     _check(s.sigreg.weight >= 0, "ssl.sigreg.weight", "must be >= 0.")
+    _validate_adaptation(cfg)
     _check(s.sigreg.num_slices >= 1, "ssl.sigreg.num_slices", "must be at least 1.")
 
     _check(t.steps >= 1, "train.steps", f"must be at least 1, got {t.steps}.")
@@ -607,6 +658,35 @@ def validate(cfg: Config) -> None:
         "train.device",
         f"unknown device '{dev}'; use auto, cpu, cuda, cuda:N or mps.",
     )
+
+
+def _validate_adaptation(cfg: Config) -> None:
+    a, lg = cfg.adapt, cfg.crops.label_guided
+    _check(a.freeze_blocks >= 0, "adapt.freeze_blocks", "must be >= 0.")
+    if a.mode == "full":
+        _check(a.freeze_blocks == 0, "adapt.freeze_blocks", "only applies with adapt.mode: freeze or lora.")
+    if a.mode == "freeze":
+        _check(a.freeze_blocks >= 1, "adapt.freeze_blocks", "adapt.mode: freeze needs the number of blocks to freeze (>= 1).")
+    _check(a.lora.rank >= 1, "adapt.lora.rank", f"must be at least 1, got {a.lora.rank}.")
+    _check(a.lora.alpha > 0, "adapt.lora.alpha", "must be > 0.")
+    _check(0.0 <= a.lora.dropout < 1.0, "adapt.lora.dropout", "must be in [0, 1).")
+    _check(bool(a.lora.target_modules), "adapt.lora.target_modules", "must name at least one layer kind (e.g. [qkv]).")
+    _check(0.0 <= lg.share <= 1.0, "crops.label_guided.share", f"must be in [0, 1], got {lg.share}.")
+    if lg.bbox_columns:
+        _check(len(lg.bbox_columns) == 4, "crops.label_guided.bbox_columns", "must list four columns: x0, y0, x1, y1.")
+    _check(
+        not (lg.bbox_columns and lg.mask_column),
+        "crops.label_guided",
+        "give either bbox_columns or mask_column, not both.",
+    )
+    if lg.share > 0:
+        _check(
+            bool(lg.bbox_columns) or lg.mask_column is not None,
+            "crops.label_guided.share",
+            "is > 0 but no region is given: set crops.label_guided.bbox_columns or mask_column.",
+        )
+    if cfg.ssl.distill.teacher is not None:
+        _check(bool(cfg.ssl.distill.teacher.strip()), "ssl.distill.teacher", "must be a backbone spec, or null.")
 
 
 def _validate_guidance(cfg: Config) -> None:
