@@ -101,3 +101,44 @@ def leave_group(out: dict, out_path: str) -> None:
     gc.collect()
     dist.barrier()
     dist.destroy_process_group()
+
+# --------------------------------------------------------------------------- eval tests
+
+
+def write_labelled_table(folder: Path, n: int = 60, size: int = 32, seed: int = 0, multilabel: bool = False) -> Path:
+    """RGB PNGs whose dominant channel is the class (a/b/c), plus plate, noise and split columns."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (folder / "imgs").mkdir(parents=True, exist_ok=True)
+    lines = ["path,label,plate,noise,split"]
+    for i in range(n):
+        cls = i % 3
+        pixels = rng.random((size, size, 3)) * 0.5
+        pixels[..., cls] += 0.5
+        name = f"imgs/{i}.png"
+        Image.fromarray((pixels * 255).astype(np.uint8)).save(folder / name)
+        label = "abc"[cls] + ("|d" if multilabel and i % 2 else "")
+        split = "test" if i % 5 == 4 else "train"
+        lines.append(f"{name},{label},P{i % 4},{rng.normal():.4f},{split}")
+    table = folder / "meta.csv"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
+def write_tiny_model(folder: Path, seed: int = 0, depth: int = 2) -> Path:
+    """A random 2-block, 32-wide built-in ViT (LayerScale 1) written as a metadino export directory (32 px input)."""
+    import torch
+
+    from metadino.export import default_preprocessing, write_export
+    from metadino.models.backbone import build_backbone
+
+    torch.manual_seed(seed)
+    backbone = build_backbone("builtin:vit-tiny", in_chans=3, patch_size=8, image_size=32, embed_dim=32, depth=depth, num_heads=2)
+    with torch.no_grad():  # LayerScale at 1 instead of 1e-5: a random CLS token then sees the image
+        for name, p in backbone.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(1.0)
+    pre = {**default_preprocessing(backbone), "image_size": 32}
+    return write_export(backbone.eval(), folder, pre)

@@ -115,6 +115,84 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="tiny data and a few steps (for tests)")
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="probe a model's frozen features on your labelled subset (k-NN, linear, attention pooling, leakage)",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            Evaluate MODEL (a run directory, an export directory, an hf:<id> or a local HF directory) on
+            labelled rows of a table. Features are extracted once (cached) and read by every probe.
+            Writes OUT/metrics.json and OUT/report.md (tables, PCA plots, confusion matrix, training curves).
+
+            examples:
+              metadino eval runs/first --table meta.csv --label-column label \\
+                  --train-rows split=train --test-rows split=test --group-column plate \\
+                  --leakage-columns plate,cell_line,antibody --out runs/first/report
+              metadino eval hf:facebook/dinov2-small --table meta.csv --label-column label \\
+                  --train-rows split=train --val-rows split=val --test-rows split=ood \\
+                  --probes knn,linear,attnpool --out reports/dinov2-small
+            """
+        ),
+    )
+    p.add_argument("model", help="run dir, export dir, hf:<id> or local HF directory")
+    p.add_argument("--table", required=True, help="CSV/TSV/Parquet metadata table")
+    p.add_argument("--label-column", required=True, help="the column the probes predict")
+    p.add_argument("--train-rows", required=True, metavar="K=V[,K=V]", help="rows the probes are fitted on, e.g. split=train")
+    p.add_argument("--test-rows", required=True, metavar="K=V[,K=V]", help="rows the probes are scored on, e.g. split=test")
+    p.add_argument("--val-rows", default=None, metavar="K=V[,K=V]", help="rows for choosing probe hyper-parameters "
+                   "(default: 20%% carved from the train rows)")
+    p.add_argument("--group-column", default=None, help="report per-group and worst-group accuracy by this column")
+    p.add_argument("--probes", default="knn,linear", help="comma list of knn, linear, attnpool (default: knn,linear)")
+    p.add_argument("--leakage-columns", default="", metavar="A,B", help="metadata columns whose linear decodability to report")
+    p.add_argument("--feature", default="cls", choices=("cls", "cls+mean"), help="embedding for k-NN, linear and leakage")
+    p.add_argument("--k", type=int, default=20, help="k-NN neighbours (default 20)")
+    p.add_argument("--temperature", type=float, default=0.07, help="k-NN vote temperature (default 0.07)")
+    p.add_argument("--out", type=Path, required=True, help="folder for metrics.json, report.md and plots/")
+    _add_table_options(p)
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache "
+                   "(default location: $METADINO_CACHE or ~/.cache/metadino)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="audit a metadata table before training and suggest a guidance: block",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            Audit the metadata: per column type, cardinality and missing share; associations between
+            columns and with the labels; entanglement warnings (a spurious column that nearly determines
+            an informative one); with --model, how well each column is decodable from that model's
+            embeddings. Ends with a suggested guidance: block to paste into a config.
+
+            examples:
+              metadino inspect --table meta.csv
+              metadino inspect --table meta.csv --labels label --model hf:facebook/dinov2-small --out audit.md
+            """
+        ),
+    )
+    p.add_argument("--table", required=True, help="CSV/TSV/Parquet metadata table")
+    p.add_argument("--labels", default="", metavar="A,B", help="task label column(s): never guides, used to judge the others")
+    p.add_argument("--model", default=None, help="also measure each column's leakage in this model's embeddings")
+    p.add_argument("--out", type=Path, default=None, help="also write the audit to this Markdown file")
+    _add_table_options(p)
+
+
+def _add_table_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-column", default="path", help="column with image paths (default: path)")
+    p.add_argument("--root", default=None, help="folder relative image paths start from (default: the table's folder)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _columns(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
 def parse_rows(text: str | None) -> dict[str, list[str]]:
     """'split=train,plate=P1' -> {'split': ['train'], 'plate': ['P1']}; repeated keys collect values."""
     rows: dict[str, list[str]] = {}
@@ -140,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_export(sub)
     _add_embed(sub)
+    _add_eval(sub)
+    _add_inspect(sub)
     return parser
 
 
@@ -187,6 +267,40 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from metadino.eval.evaluate import evaluate
+    from metadino.train.loop import resolve_device
+
+    metrics = evaluate(
+        args.model, table=args.table, label_column=args.label_column, train_rows=parse_rows(args.train_rows),
+        test_rows=parse_rows(args.test_rows), val_rows=parse_rows(args.val_rows), group_column=args.group_column,
+        probes=_columns(args.probes), leakage_columns=_columns(args.leakage_columns), out=args.out,
+        image_column=args.image_column, root=args.root, feature=args.feature, k=args.k, temperature=args.temperature,
+        batch_size=args.batch_size, device=resolve_device(args.device), cache_dir=None if args.no_cache else "default",
+        seed=args.seed, progress=not args.quiet,
+    )
+    from metadino.eval.report import leakage_table_md, metrics_table
+
+    print(metrics_table(metrics))
+    if metrics["leakage_details"]:
+        print()
+        print(leakage_table_md(metrics["leakage_details"]))
+    print(f"\nwrote {args.out / 'metrics.json'} and {args.out / 'report.md'}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from metadino.eval.audit import run_inspect
+    from metadino.train.loop import resolve_device
+
+    text = run_inspect(
+        args.table, image_column=args.image_column, root=args.root, labels=_columns(args.labels), model=args.model,
+        batch_size=args.batch_size, device=str(resolve_device(args.device)), progress=not args.quiet, out=args.out,
+    )
+    print(text)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from metadino.demo import run_demo
 
@@ -205,7 +319,14 @@ def _quiet_libraries() -> None:
         pass
 
 
-COMMANDS = {"train": _cmd_train, "export": _cmd_export, "embed": _cmd_embed, "demo": _cmd_demo}
+COMMANDS = {
+    "train": _cmd_train,
+    "export": _cmd_export,
+    "embed": _cmd_embed,
+    "demo": _cmd_demo,
+    "eval": _cmd_eval,
+    "inspect": _cmd_inspect,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from testkit import tiny_config
+from testkit import tiny_config, write_labelled_table, write_tiny_model
 from metadino.cli import main, parse_rows
 from metadino.errors import UserError
 
@@ -71,7 +71,7 @@ def test_resume_with_different_model_is_refused(capsys, cfg_file, tmp_path):
 
 
 def test_help_has_examples(capsys):
-    for cmd in ("train", "export", "embed", "demo"):
+    for cmd in ("train", "export", "embed", "demo", "eval", "inspect"):
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0
@@ -82,3 +82,47 @@ def test_parse_rows():
     assert parse_rows("split=train,plate=P1,plate=P2") == {"split": ["train"], "plate": ["P1", "P2"]}
     with pytest.raises(UserError):
         parse_rows("split")
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    return write_labelled_table(tmp_path / "data"), write_tiny_model(tmp_path / "model")
+
+
+def test_eval_command_writes_metrics_and_report(capsys, labelled, tmp_path):
+    table, model = labelled
+    out = tmp_path / "report"
+    code = main(["eval", str(model), "--table", str(table), "--label-column", "label", "--train-rows", "split=train",
+                 "--test-rows", "split=test", "--group-column", "plate", "--leakage-columns", "plate,noise",
+                 "--out", str(out), "--no-cache", "--quiet", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "weighted k-NN" in printed and "| plate |" in printed
+    assert (out / "metrics.json").is_file() and (out / "report.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["--label-column", "lable"], "lable"),
+        (["--label-column", "label", "--test-rows", "split=ood"], "split=ood"),
+        (["--label-column", "label", "--train-rows", "label=a"], "at least two"),
+        (["--label-column", "label", "--probes", "knn,svm"], "svm"),
+        (["--label-column", "label", "--test-rows", "split"], "column=value"),
+    ],
+)
+def test_eval_user_errors_are_one_line(capsys, labelled, tmp_path, extra, expected):
+    table, model = labelled
+    argv = ["eval", str(model), "--table", str(table), "--train-rows", "split=train", "--test-rows", "split=test",
+            "--out", str(tmp_path / "r"), "--no-cache", "--quiet", "--device", "cpu"]
+    # later options win in argparse, so the case-specific ones go last
+    code, err = run(capsys, *argv, *extra)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert expected in err
+
+
+def test_eval_of_a_model_that_cannot_be_loaded(capsys, labelled, tmp_path):
+    table, _ = labelled
+    code, err = run(capsys, "eval", str(tmp_path / "nope"), "--table", str(table), "--label-column", "label",
+                    "--train-rows", "split=train", "--test-rows", "split=test", "--out", str(tmp_path / "r"), "--quiet")
+    assert code == 2 and "nope" in err and err.count("\n") == 1, err

@@ -37,3 +37,28 @@ def knn_predict(
         votes.scatter_add_(1, train_labels[top_idx], weights)
         scores.append(votes)
     return torch.cat(scores) if scores else torch.empty(0, n_classes)
+
+
+@torch.no_grad()
+def knn_multilabel_scores(
+    train_features: torch.Tensor,
+    train_targets: torch.Tensor,
+    test_features: torch.Tensor,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Per-label scores in [0, 1] [N_test, C]: the exp(cosine / T)-weighted share of the k nearest
+    training samples that carry each label (train_targets: multi-hot [N_train, C])."""
+    train = F.normalize(train_features.float(), dim=1)
+    test = F.normalize(test_features.float(), dim=1)
+    targets = train_targets.float()
+    k = min(k, train.shape[0])
+    scores = []
+    for start in range(0, test.shape[0], chunk_size):
+        top_sim, top_idx = (test[start : start + chunk_size] @ train.T).topk(k, dim=1)
+        # subtract the row max before exp: the weights are only used relative to each other
+        weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
+        scores.append((weights.unsqueeze(2) * targets[top_idx]).sum(1) / weights.sum(1, keepdim=True))
+    return torch.cat(scores) if scores else torch.empty(0, targets.shape[1])

@@ -1,0 +1,310 @@
+"""`metadino eval`: frozen features of a MODEL -> probes on a labelled subset -> metrics.json + report.
+
+Train, validation and test rows are chosen by filters on one table (e.g. ``split=train`` /
+``split=ood``), so out-of-distribution evaluation is one flag. Features are extracted once per model
+and selection (cached); the probes (weighted k-NN, linear, attention pooling) and the leakage probes
+all read the same features.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metadino.data.table import MetadataTable, infer_column_kind, load_table
+from metadino.errors import UserError
+from metadino.eval.features import Features, cached_extract, default_cache_dir, weights_digest
+from metadino.eval.knn import knn_predict
+from metadino.eval.leakage import leakage_table
+from metadino.eval.linear import carve_validation, fit_linear_probe
+from metadino.eval.metrics import classification_metrics, multilabel_metrics
+
+PROBES = ("knn", "linear", "attnpool")
+FEATURE_KINDS = ("cls", "cls+mean")
+MARKER = ".metadino-eval"
+ATTNPOOL_BLOCKS = 4
+
+
+@dataclass
+class Split:
+    name: str
+    table: MetadataTable
+    features: Features | None = None
+
+
+@dataclass
+class Labels:
+    """Encoded label column: class ids [N] (single-label) or multi-hot [N, C] (multi-label)."""
+
+    classes: list[str]
+    multilabel: bool
+    separator: str = "|"
+
+    def encode(self, series) -> tuple[np.ndarray, np.ndarray]:
+        """(targets, known-row mask) of a column."""
+        known = series.notna().to_numpy()
+        index = {c: i for i, c in enumerate(self.classes)}
+        if self.multilabel:
+            y = np.zeros((len(series), len(self.classes)), dtype=int)
+            for row, cell in enumerate(series.tolist()):
+                if known[row]:
+                    for token in str(cell).split(self.separator):
+                        if token.strip():
+                            y[row, index[token.strip()]] = 1
+            return y, known
+        y = np.array([index.get(str(v), -1) if k else -1 for v, k in zip(series.tolist(), known)], dtype=int)
+        return y, known
+
+
+def _split_tokens(series, separator: str) -> list[str]:
+    return [t.strip() for cell in series.dropna().astype(str) for t in cell.split(separator) if t.strip()]
+
+
+def build_labels(label_column: str, splits: Sequence[Split]) -> Labels:
+    """Classes of the label column over all evaluated rows; rejects continuous and single-class labels."""
+    import pandas as pd
+
+    values = pd.concat([s.table.frame[label_column] for s in splits], ignore_index=True)
+    kind = infer_column_kind(values)
+    if kind == "continuous":
+        raise UserError(
+            f"label column '{label_column}' holds continuous numbers; eval needs classes (use a categorical column, "
+            "or list it under --leakage-columns to get R²)."
+        )
+    multilabel = kind == "multilabel"
+    separator = "|" if values.dropna().astype(str).str.contains("|", regex=False).any() else ";"
+    if multilabel:
+        classes = sorted(set(_split_tokens(values, separator)))
+    else:
+        classes = sorted({str(v) for v in values.dropna().tolist()})
+    train = splits[0].table.frame[label_column]
+    seen = set(_split_tokens(train, separator)) if multilabel else set(train.dropna().astype(str))
+    if len(seen) < 2:
+        raise UserError(
+            f"label column '{label_column}' has {len(seen)} class(es) in the train rows ({len(train)} rows); "
+            "a probe needs at least two: widen --train-rows."
+        )
+    return Labels(classes=classes, multilabel=multilabel, separator=separator)
+
+
+def _load_split(name: str, table: str | Path, rows: Mapping[str, Any], image_column: str, root: str | None,
+                required: Sequence[str]) -> Split:
+    if not rows:
+        raise UserError(f"--{name}-rows is required, e.g. --{name}-rows split={name}.")
+    return Split(name, load_table(table, image_column=image_column, root=root, rows=rows, required_columns=required))
+
+
+def _load_model(spec: str):
+    from metadino.export import load_model
+
+    try:
+        return load_model(spec)
+    except UserError:
+        raise
+    except Exception as e:  # e.g. a hub id that is not in the offline cache, a corrupt weight file
+        raise UserError(f"model '{spec}' cannot be loaded: {type(e).__name__}: {e}.") from None
+
+
+def _prepare_out(out: Path) -> None:
+    """Write only into an empty folder or one an earlier eval made (never over a user's files)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; give a folder for metrics.json and report.md.")
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise UserError(f"--out '{out}' is not empty and was not written by metadino eval; choose another folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by metadino eval; rerunning eval with this --out replaces its files\n")
+
+
+def _knn_probs(train_x, train_y, test_x, labels: Labels, k: int, temperature: float) -> np.ndarray:
+    if labels.multilabel:
+        # multi-hot votes: each label's score is the similarity-weighted share of neighbours that carry it
+        from metadino.eval.knn import knn_multilabel_scores
+
+        return knn_multilabel_scores(train_x, torch.as_tensor(train_y, dtype=torch.float32), test_x, k=k, temperature=temperature).numpy()
+    scores = knn_predict(train_x, torch.as_tensor(train_y), test_x, n_classes=len(labels.classes), k=k, temperature=temperature)
+    return (scores / scores.sum(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
+
+
+def _metrics(y, probs, labels: Labels, groups, group_names) -> dict:
+    if labels.multilabel:
+        return multilabel_metrics(y, probs)
+    return classification_metrics(y, probs, groups=groups, group_names=group_names)
+
+
+def _groups(group_column: str | None, split: Split) -> tuple[np.ndarray | None, list[str] | None]:
+    if group_column is None:
+        return None, None
+    values = split.table.frame[group_column].astype(object).where(split.table.frame[group_column].notna(), "(missing)")
+    names = sorted({str(v) for v in values})
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[str(v)] for v in values]), names
+
+
+def evaluate(
+    model: str,
+    *,
+    table: str | Path,
+    label_column: str,
+    train_rows: Mapping[str, Any],
+    test_rows: Mapping[str, Any],
+    out: str | Path,
+    val_rows: Mapping[str, Any] | None = None,
+    group_column: str | None = None,
+    probes: Sequence[str] = ("knn", "linear"),
+    leakage_columns: Sequence[str] = (),
+    image_column: str = "path",
+    root: str | None = None,
+    feature: str = "cls",
+    k: int = 20,
+    temperature: float = 0.07,
+    leakage_folds: int = 5,
+    batch_size: int = 64,
+    device: str = "cpu",
+    cache_dir: Path | None | str = "default",
+    seed: int = 0,
+    progress: bool = True,
+    report: bool = True,
+    title: str | None = None,
+) -> dict:
+    """Evaluate MODEL on a labelled subset; write DIR/metrics.json (and DIR/report.md). Returns the metrics."""
+    t0 = time.perf_counter()
+    probes = list(dict.fromkeys(probes))
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown or not probes:
+        raise UserError(f"--probes: unknown probe(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PROBES)}.")
+    if feature not in FEATURE_KINDS:
+        raise UserError(f"--feature must be one of {', '.join(FEATURE_KINDS)}, got '{feature}'.")
+    if k < 1 or temperature <= 0:
+        raise UserError(f"--k must be >= 1 and --temperature > 0 (got k={k}, temperature={temperature}).")
+    required = [label_column, *([group_column] if group_column else []), *leakage_columns]
+    splits = [_load_split("train", table, train_rows, image_column, root, required)]
+    if val_rows:
+        splits.append(_load_split("val", table, val_rows, image_column, root, required))
+    splits.append(_load_split("test", table, test_rows, image_column, root, required))
+    by_name = {s.name: s for s in splits}
+    overlap = set(by_name["train"].table.row_numbers) & set(by_name["test"].table.row_numbers)
+    labels = build_labels(label_column, splits)
+    out = Path(out)
+    _prepare_out(out)
+
+    backbone, pre = _load_model(model)
+    digest = weights_digest(backbone)
+    cache = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir is not None else None)
+    patch_blocks = min(ATTNPOOL_BLOCKS, backbone.depth) if "attnpool" in probes else 0
+    for s in splits:
+        s.features = cached_extract(backbone, s.table, pre, cache_dir=cache, model_digest=digest, patch_blocks=patch_blocks,
+                                    batch_size=batch_size, device=device, progress=progress, desc=f"features ({s.name})")
+
+    # rows without a label are not evaluated (they still count for leakage of other columns)
+    data = {}
+    for s in splits:
+        y, known = labels.encode(s.table.frame[label_column])
+        data[s.name] = (s, y, known)
+    train, y_train, known_train = data["train"]
+    test, y_test, known_test = data["test"]
+    x_train = train.features.embedding(feature)[torch.from_numpy(known_train.copy())]
+    x_test = test.features.embedding(feature)[torch.from_numpy(known_test.copy())]
+    y_train, y_test = y_train[known_train], y_test[known_test]
+    groups, group_names = _groups(group_column, test)
+    if groups is not None:
+        groups = groups[known_test]
+    if "val" in data:
+        val, y_val, known_val = data["val"]
+        x_val, y_val = val.features.embedding(feature)[torch.from_numpy(known_val.copy())], y_val[known_val]
+    else:
+        val = x_val = y_val = None
+
+    results: dict[str, Any] = {}
+    predictions: dict[str, np.ndarray] = {}
+    for probe in probes:
+        if probe == "knn":
+            probs = _knn_probs(x_train, y_train, x_test, labels, k, temperature)
+            results["knn"] = {**_metrics(y_test, probs, labels, groups, group_names), "k": k, "temperature": temperature}
+        elif probe == "linear":
+            lin = fit_linear_probe(x_train.numpy(), y_train, None if x_val is None else x_val.numpy(), y_val,
+                                   multilabel=labels.multilabel, seed=seed)
+            probs = lin.predict_proba(x_test.numpy(), None if labels.multilabel else len(labels.classes))
+            results["linear"] = {**_metrics(y_test, probs, labels, groups, group_names), "C": lin.C,
+                                 "validation": "carved from train rows" if lin.carved_validation else "val rows"}
+        else:
+            probs, info = _attnpool(train, known_train, y_train, val, data, test, known_test, labels,
+                                    group_column, seed, device, progress)
+            results["attnpool"] = {**_metrics(y_test, probs, labels, groups, group_names), **info}
+        predictions[probe] = probs
+
+    leakage_details = {}
+    if leakage_columns:
+        lk = leakage_table(train.features.embedding(feature).numpy(), train.table.frame, leakage_columns,
+                           folds=leakage_folds, seed=seed, progress=progress)
+        leakage_details = {c: {"metric": v.metric, "value": v.value, "chance": v.chance, "n_rows": v.n_rows,
+                               "n_classes": v.n_classes} for c, v in lk.items()}
+
+    metrics = {
+        **results,
+        "leakage": {c: d["value"] for c, d in leakage_details.items()},
+        "leakage_details": leakage_details,
+        "info": {
+            "model": model,
+            "table": str(Path(table)),
+            "label_column": label_column,
+            "classes": labels.classes,
+            "multilabel": labels.multilabel,
+            "feature": feature,
+            "rows": {s.name: int(data[s.name][2].sum()) for s in splits},
+            "rows_without_label": {s.name: int((~data[s.name][2]).sum()) for s in splits},
+            "train_test_overlap_rows": len(overlap),
+            "group_column": group_column,
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if report:
+        from metadino.eval.report import write_report
+
+        write_report(out, metrics, splits=splits, feature=feature, label_column=label_column,
+                     leakage_columns=leakage_columns, y_test=y_test, predictions=predictions, model=model, title=title)
+    return metrics
+
+
+def _attnpool(train: Split, known_train, y_train, val: Split | None, data, test: Split, known_test, labels: Labels,
+              group_column: str | None, seed: int, device: str, progress: bool) -> tuple[np.ndarray, dict]:
+    from metadino.eval.attnpool import predict_attention_pool, train_attention_pool
+
+    tokens = train.features.patch_tokens[torch.from_numpy(known_train.copy())]
+    if val is None:
+        fit_idx, val_idx = carve_validation(y_train, 0.2, seed)
+        tr_tokens, tr_y = tokens[torch.as_tensor(fit_idx)], y_train[fit_idx]
+        va_tokens, va_y = tokens[torch.as_tensor(val_idx)], y_train[val_idx]
+        val_groups = _groups(group_column, train)[0]
+        val_groups = None if val_groups is None else val_groups[known_train][val_idx]
+    else:
+        _, y_val, known_val = data["val"]
+        tr_tokens, tr_y = tokens, y_train
+        va_tokens, va_y = val.features.patch_tokens[torch.from_numpy(known_val.copy())], y_val[known_val]
+        val_groups = _groups(group_column, val)[0]
+        val_groups = None if val_groups is None else val_groups[known_val]
+    if labels.multilabel:
+        select = "multilabel_f1"
+    elif val_groups is not None and len(np.unique(val_groups)) > 1:
+        select = "worst_group_accuracy"
+    else:
+        select = "accuracy"
+    as_target = (lambda y: torch.as_tensor(y, dtype=torch.float32)) if labels.multilabel else (lambda y: torch.as_tensor(y, dtype=torch.int64))
+    try:
+        result = train_attention_pool(
+            tr_tokens, as_target(tr_y), va_tokens, as_target(va_y), n_outputs=len(labels.classes),
+            multilabel=labels.multilabel, val_groups=None if val_groups is None else torch.as_tensor(val_groups),
+            select=select, seed=seed, device=device, progress=progress,
+        )
+    except ValueError as e:  # e.g. a validation split too small to hold a row
+        raise UserError(f"the attention-pooling probe cannot be trained on these rows: {e}.") from None
+    logits = predict_attention_pool(result.classifier, test.features.patch_tokens[torch.from_numpy(known_test.copy())], device=device)
+    probs = torch.sigmoid(logits) if labels.multilabel else torch.softmax(logits, dim=1)
+    return probs.numpy(), {"lr": result.lr, "selection": select, "val_score": result.val_score}

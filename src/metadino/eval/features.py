@@ -1,0 +1,160 @@
+"""Frozen features for the probes: extracted once in batches, cached per model and table selection.
+
+One forward pass per image gives everything the probes need: the CLS token, the mean patch token
+(both after the final norm) and, for attention pooling, the patch tokens of the last blocks each
+through the final norm and concatenated on the feature axis (reference §11). Patch tokens are kept
+in float16 because they are P x 4D per image.
+
+The cache key is a hash of the backbone weights themselves, the selected rows (paths, table file
+size and mtime), the preprocessing and what was extracted — so a retrained model or an edited table
+never reuses stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from metadino.data.table import MetadataTable
+from metadino.embed import EvalDataset
+from metadino.errors import UserError
+from metadino.models.backbone import Backbone
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Features:
+    """Features of the rows of one table selection, in table order (CPU tensors).
+
+    cls: [N, D] fp32; mean_patch: [N, D] fp32; patch_tokens: [N, P, n_blocks * D] fp16 or None.
+    """
+
+    cls: torch.Tensor
+    mean_patch: torch.Tensor
+    patch_tokens: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.cls.shape[0]
+
+    def embedding(self, kind: str) -> torch.Tensor:
+        """'cls' -> [N, D]; 'cls+mean' -> [N, 2D] (CLS concatenated with the mean patch token)."""
+        if kind == "cls":
+            return self.cls
+        if kind == "cls+mean":
+            return torch.cat([self.cls, self.mean_patch], dim=1)
+        raise ValueError(f"unknown feature kind {kind!r}")
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("METADINO_CACHE"):
+        return Path(os.environ["METADINO_CACHE"]).expanduser() / "features"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "metadino" / "features"
+
+
+def weights_digest(backbone: Backbone) -> str:
+    """sha256 over the backbone's parameter and buffer values (identifies the model, whatever its source)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(backbone.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_key(model_digest: str, table: MetadataTable, preprocessing: dict[str, Any], patch_blocks: int) -> str:
+    payload = json.dumps(
+        {
+            "v": CACHE_VERSION,
+            "model": model_digest,
+            "rows": table.fingerprint(),
+            "n": len(table),
+            "pre": preprocessing,
+            "patch_blocks": patch_blocks,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def extract(
+    backbone: Backbone,
+    table: MetadataTable,
+    preprocessing: dict[str, Any],
+    *,
+    patch_blocks: int = 0,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "features",
+) -> Features:
+    """CLS, mean patch and (patch_blocks > 0) the last blocks' patch tokens of every row."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}.")
+    if patch_blocks > backbone.depth:
+        raise UserError(f"attention pooling reads the last {patch_blocks} blocks but the model has only {backbone.depth}.")
+    device = torch.device(device)
+    backbone = backbone.to(device).eval()
+    loader = DataLoader(EvalDataset(table, preprocessing), batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    cls, mean, patches = [], [], []
+    for images in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        images = images.to(device)
+        if patch_blocks:
+            layers = backbone.intermediate_layers(images, n=patch_blocks)
+            last = layers[-1]
+            patches.append(torch.cat([t.patches for t in layers], dim=-1).to(torch.float16).cpu())
+        else:
+            last = backbone(images)
+        cls.append(last.cls.float().cpu())
+        mean.append(last.patches.float().mean(dim=1).cpu())
+    if not cls:
+        empty = torch.empty(0, backbone.embed_dim)
+        return Features(empty, empty.clone(), None)
+    return Features(torch.cat(cls), torch.cat(mean), torch.cat(patches) if patches else None)
+
+
+def cached_extract(
+    backbone: Backbone,
+    table: MetadataTable,
+    preprocessing: dict[str, Any],
+    *,
+    cache_dir: Path | None,
+    model_digest: str | None = None,
+    patch_blocks: int = 0,
+    **kwargs: Any,
+) -> Features:
+    """`extract`, reusing an earlier result for the same weights, rows, preprocessing and patch blocks.
+
+    ``cache_dir=None`` disables caching.
+    """
+    if cache_dir is None:
+        return extract(backbone, table, preprocessing, patch_blocks=patch_blocks, **kwargs)
+    digest = model_digest or weights_digest(backbone)
+    path = cache_dir / f"{cache_key(digest, table, preprocessing, patch_blocks)}.pt"
+    if path.is_file():
+        try:
+            data = torch.load(path, weights_only=True)
+            return Features(data["cls"], data["mean_patch"], data["patch_tokens"])
+        except Exception:  # a corrupt or partial entry is recomputed, never trusted
+            pass
+    features = extract(backbone, table, preprocessing, patch_blocks=patch_blocks, **kwargs)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"cls": features.cls, "mean_patch": features.mean_patch, "patch_tokens": features.patch_tokens}, tmp)
+        tmp.replace(path)
+    except OSError:
+        pass  # caching is an optimisation; a read-only cache folder must not fail the evaluation
+    return features

@@ -1,0 +1,213 @@
+"""The Markdown report of `metadino eval`: metric tables plus plots people would rather look at.
+
+Plots (PNG in DIR/plots/): PCA of the embeddings coloured by the label and by each leakage column,
+the confusion matrix of a probe on the test rows, and — when MODEL is a run directory — the training
+curves from its metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROBE_TITLES = {"knn": "weighted k-NN", "linear": "linear (logistic regression)", "attnpool": "attention pooling"}
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "multilabel_f1", "auroc", "worst_group_accuracy")
+MAX_POINTS = 3000  # PCA scatter: enough to see structure, small enough to stay readable
+MAX_LEGEND = 12
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def metrics_table(metrics: dict) -> str:
+    probes = [p for p in PROBE_TITLES if p in metrics]
+    names = [m for m in METRIC_NAMES if any(m in metrics[p] for p in probes)]
+    lines = ["| probe | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for p in probes:
+        lines.append(f"| {PROBE_TITLES[p]} | " + " | ".join(_fmt(metrics[p].get(m)) for m in names) + " |")
+    return "\n".join(lines)
+
+
+def leakage_table_md(details: dict) -> str:
+    lines = ["| column | metric | value | chance | rows |", "|---|---|---|---|---|"]
+    for col, d in details.items():
+        lines.append(f"| {col} | {d['metric']} | {_fmt(d['value'])} | {_fmt(d['chance'])} | {d['n_rows']} |")
+    return "\n".join(lines)
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """First two principal components [N, 2] (deterministic sign: largest loading positive)."""
+    x = x - x.mean(axis=0, keepdims=True)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    comps = vt[:2]
+    signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])
+    return x @ (comps * signs[:, None]).T
+
+
+def _scatter(ax, xy: np.ndarray, values, title: str) -> None:
+    import pandas as pd
+
+    values = pd.Series(values).reset_index(drop=True)
+    numeric = pd.api.types.is_numeric_dtype(values) and values.nunique() > MAX_LEGEND
+    if numeric:
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=values.to_numpy(dtype=float), s=4, cmap="viridis")
+        ax.figure.colorbar(sc, ax=ax, fraction=0.046)
+    else:
+        shown = values.astype(object).where(values.notna(), "(missing)").astype(str)
+        top = shown.value_counts().index[:MAX_LEGEND]
+        shown = shown.where(shown.isin(top), "(other)")
+        for name in sorted(shown.unique()):
+            hit = (shown == name).to_numpy()
+            ax.scatter(xy[hit, 0], xy[hit, 1], s=4, label=name)
+        ax.legend(fontsize=6, markerscale=2, loc="best")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_pca(path: Path, x: np.ndarray, frame, columns: Sequence[str], seed: int = 0) -> Path:
+    plt = _pyplot()
+    if len(x) > MAX_POINTS:
+        keep = np.sort(np.random.default_rng(seed).choice(len(x), MAX_POINTS, replace=False))
+        x, frame = x[keep], frame.iloc[keep]
+    xy = pca_2d(x.astype(np.float64))
+    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 4), squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        _scatter(ax, xy, frame[col], f"PCA coloured by {col}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(path: Path, y_true: np.ndarray, pred: np.ndarray, classes: Sequence[str], title: str) -> Path:
+    plt = _pyplot()
+    n = len(classes)
+    cm = np.zeros((n, n), dtype=int)
+    np.add.at(cm, (y_true, pred), 1)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = min(3 + 0.4 * n, 14)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), classes, fontsize=7)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6, color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def read_metrics_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill is skipped, not fatal
+    return rows
+
+
+def plot_training_curves(path: Path, rows: list[dict]) -> Path | None:
+    keys = [k for k in ("total", "dino", "ibot", "koleo", "sigreg") if any(k in r for r in rows)]
+    guide_keys = sorted({k for r in rows for k in r if k.startswith("guide/") and k.endswith("/loss")})
+    if not rows or not keys:
+        return None
+    plt = _pyplot()
+    panels = 2 if guide_keys else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
+    for ax, group in zip(axes[0], [keys, guide_keys][:panels]):
+        for k in group:
+            pts = [(r["step"], r[k]) for r in rows if k in r and r[k] is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=k, lw=1)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    axes[0][0].set_title("SSL loss terms", fontsize=9)
+    if guide_keys:
+        axes[0][1].set_title("guide losses", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    out: Path,
+    metrics: dict,
+    *,
+    splits: Sequence[Any],
+    feature: str,
+    label_column: str,
+    leakage_columns: Sequence[str],
+    y_test: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    model: str,
+    title: str | None = None,
+) -> Path:
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    info = metrics["info"]
+    lines = [f"# {title or 'metadino eval'}", "", f"- model: `{model}`", f"- table: `{info['table']}`",
+             f"- label: `{label_column}` ({len(info['classes'])} classes{', multi-label' if info['multilabel'] else ''}); "
+             f"features: {feature}",
+             "- rows: " + ", ".join(f"{k} {v}" for k, v in info["rows"].items())]
+    if info["train_test_overlap_rows"]:
+        lines.append(f"- **warning**: {info['train_test_overlap_rows']} rows are in both the train and the test selection.")
+    lines += ["", "## Probes (test rows)", "", metrics_table(metrics), ""]
+    for probe in PROBE_TITLES:
+        groups = metrics.get(probe, {}).get("per_group_accuracy")
+        if groups:
+            worst = min(groups, key=groups.get)
+            lines.append(f"- {PROBE_TITLES[probe]}: per-{info['group_column']} accuracy "
+                         + ", ".join(f"{g} {v:.3f}" for g, v in groups.items()) + f" (worst: {worst})")
+    if metrics.get("leakage_details"):
+        lines += ["", "## Leakage (linear probe on the embedding, cross-validated on the train rows)", "",
+                  "Informative columns should be decodable; spurious ones (plate, scanner, ...) should be near chance.", "",
+                  leakage_table_md(metrics["leakage_details"])]
+
+    lines += ["", "## Plots", ""]
+    frames = [s.table.frame for s in splits]
+    import pandas as pd
+
+    x = np.concatenate([s.features.embedding(feature).numpy() for s in splits])
+    frame = pd.concat(frames, ignore_index=True)
+    columns = [label_column, *[c for c in leakage_columns if c != label_column]][:6]
+    plot_pca(plots / "pca.png", x, frame, columns)
+    lines += ["![PCA of the embeddings](plots/pca.png)", ""]
+    shown_probe = next((p for p in ("linear", "attnpool", "knn") if p in predictions), None)
+    if shown_probe and not info["multilabel"]:
+        pred = predictions[shown_probe].argmax(axis=1)
+        plot_confusion(plots / "confusion.png", y_test, pred, info["classes"], f"{PROBE_TITLES[shown_probe]} on the test rows")
+        lines += [f"![confusion matrix ({shown_probe})](plots/confusion.png)", ""]
+    run_metrics = Path(model) / "metrics.jsonl"
+    if run_metrics.is_file():
+        if plot_training_curves(plots / "training.png", read_metrics_jsonl(run_metrics)):
+            lines += ["![training curves](plots/training.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,142 @@
+import json
+
+import numpy as np
+import pytest
+from testkit import write_labelled_table, write_tiny_model
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from metadino.data.table import load_table
+from metadino.errors import UserError
+from metadino.eval import features as features_mod
+from metadino.eval.evaluate import evaluate
+from metadino.eval.features import extract
+from metadino.export import load_model
+
+
+@pytest.fixture
+def setup(tmp_path):
+    table = write_labelled_table(tmp_path / "data")
+    model = write_tiny_model(tmp_path / "model")
+    return table, model, tmp_path
+
+
+def _eval(table, model, out, **kw):
+    args = dict(table=table, label_column="label", train_rows={"split": "train"}, test_rows={"split": "test"},
+                out=out, cache_dir=None, progress=False, batch_size=7)
+    args.update(kw)
+    return evaluate(str(model), **args)
+
+
+def _features(model, table, rows):
+    backbone, pre = load_model(str(model))
+    t = load_table(table, image_column="path", rows=rows)
+    return extract(backbone, t, pre, progress=False).cls.numpy(), t.frame["label"].astype(str).to_numpy()
+
+
+def test_knn_and_linear_equal_a_direct_sklearn_computation_on_the_same_features(setup):
+    table, model, tmp = setup
+    m = _eval(table, model, tmp / "out", k=5, temperature=0.1, group_column="plate")
+    x_tr, y_tr = _features(model, table, {"split": "train"})
+    x_te, y_te = _features(model, table, {"split": "test"})
+
+    # DINO weighted k-NN == sklearn k-NN with cosine distance and exp(cos / T) vote weights
+    knn = KNeighborsClassifier(n_neighbors=5, metric="cosine", algorithm="brute",
+                               weights=lambda d: np.exp((1 - d) / 0.1)).fit(x_tr, y_tr)
+    pred = knn.predict(x_te)
+    assert m["knn"]["accuracy"] == pytest.approx((pred == y_te).mean())
+    plates = load_table(table, image_column="path", rows={"split": "test"}).frame["plate"].to_numpy()
+    worst = min((pred[plates == p] == y_te[plates == p]).mean() for p in set(plates))
+    assert m["knn"]["worst_group_accuracy"] == pytest.approx(worst)
+
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=m["linear"]["C"], max_iter=1000, random_state=0))
+    acc = (ref.fit(x_tr, y_tr).predict(x_te) == y_te).mean()
+    assert m["linear"]["accuracy"] == pytest.approx(acc)
+    assert m["linear"]["accuracy"] > 0.8  # the label is in the pixels: the probe must find it
+
+    saved = json.loads((tmp / "out" / "metrics.json").read_text())
+    assert set(saved) >= {"knn", "linear", "leakage"}
+    assert set(saved["knn"]) >= {"accuracy", "balanced_accuracy", "macro_f1", "auroc", "per_group_accuracy", "worst_group_accuracy"}
+    report = (tmp / "out" / "report.md").read_text()
+    assert "plots/pca.png" in report and (tmp / "out" / "plots" / "confusion.png").is_file()
+
+
+def test_metrics_do_not_depend_on_the_batch_size(setup):
+    table, model, tmp = setup
+    a = _eval(table, model, tmp / "a", batch_size=1, leakage_columns=["plate"], report=False)
+    b = _eval(table, model, tmp / "b", batch_size=64, leakage_columns=["plate"], report=False)
+    for probe in ("knn", "linear"):
+        assert a[probe] == b[probe]
+    assert a["leakage"] == pytest.approx(b["leakage"], abs=1e-6)
+
+
+def test_features_are_cached_per_model_and_a_changed_model_is_not_served_stale_features(setup, monkeypatch):
+    table, model, tmp = setup
+    cache = tmp / "cache"
+    first = _eval(table, model, tmp / "a", cache_dir=cache, report=False)
+    assert len(list(cache.glob("*.pt"))) == 2  # train and test selections
+
+    def fail(*a, **k):
+        raise AssertionError("features were recomputed although cached")
+
+    monkeypatch.setattr(features_mod, "extract", fail)
+    again = _eval(table, model, tmp / "b", cache_dir=cache, report=False)
+    assert again["knn"] == first["knn"]
+    monkeypatch.undo()
+    other = write_tiny_model(tmp / "model2", seed=1)
+    _eval(table, other, tmp / "c", cache_dir=cache, report=False)
+    assert len(list(cache.glob("*.pt"))) == 4
+
+
+def test_rows_without_a_label_are_left_out_and_counted(setup):
+    table, model, tmp = setup
+    lines = table.read_text().splitlines()
+    lines[1] = lines[1].replace(",a,", ",,")
+    table.write_text("\n".join(lines) + "\n")
+    m = _eval(table, model, tmp / "out", report=False)
+    assert m["info"]["rows_without_label"]["train"] == 1
+
+
+def test_multilabel_label_column(tmp_path):
+    table = write_labelled_table(tmp_path / "data", multilabel=True)
+    model = write_tiny_model(tmp_path / "model")
+    m = _eval(table, model, tmp_path / "out")
+    assert m["info"]["multilabel"] and m["info"]["classes"] == ["a", "b", "c", "d"]
+    assert {"multilabel_f1", "micro_f1", "auroc"} <= set(m["knn"]) and {"multilabel_f1"} <= set(m["linear"])
+
+
+def test_attention_pooling_probe_runs_on_the_last_blocks_patch_tokens(setup):
+    table, model, tmp = setup
+    m = _eval(table, model, tmp / "out", probes=["attnpool"], group_column="plate", report=False)
+    assert m["attnpool"]["selection"] == "worst_group_accuracy"
+    assert 0 <= m["attnpool"]["accuracy"] <= 1 and m["attnpool"]["lr"] > 0
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"label_column": "nope"}, "nope"),
+        ({"train_rows": {"split": "validation"}}, "selects no rows"),
+        ({"train_rows": {"label": "a"}}, "at least two"),
+        ({"label_column": "noise"}, "continuous"),
+        ({"probes": ["svm"]}, "svm"),
+        ({"leakage_columns": ["platez"]}, "platez"),
+    ],
+)
+def test_bad_requests_fail_with_one_clear_message(setup, kw, message):
+    table, model, tmp = setup
+    with pytest.raises(UserError, match=message):
+        _eval(table, model, tmp / "out", **kw)
+
+
+def test_an_unloadable_model_and_a_foreign_out_folder_are_refused(setup):
+    table, model, tmp = setup
+    with pytest.raises(UserError, match="model"):
+        _eval(table, tmp / "missing_model", tmp / "out")
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(UserError, match="not written by metadino eval"):
+        _eval(table, model, tmp / "mine")
+    assert (tmp / "mine" / "notes.txt").read_text() == "precious"
