@@ -166,7 +166,8 @@ class CropsConfig:
     vflip: bool = False
     photometric: str = "natural"
     """natural (DINO colour pipeline, RGB) | microscopy (per-channel jitter, channel dropout,
-    self-normalisation) | none."""
+    self-normalisation) | xray (windowing, gamma; grayscale) | satellite (90° rotations, flips, per-band
+    jitter) | none."""
     mean: list[float] | None = None
     """Per-channel normalisation mean (natural: ImageNet by default)."""
     std: list[float] | None = None
@@ -603,7 +604,8 @@ def validate(cfg: Config) -> None:
         _check(
             m.in_chans == 3,
             "crops.photometric",
-            f"'natural' is the RGB colour pipeline but model.in_chans={m.in_chans}; use 'microscopy' or 'none'.",
+            f"'natural' is the RGB colour pipeline but model.in_chans={m.in_chans}; use 'xray' (grayscale), "
+            "'satellite' (multi-band), 'microscopy' or 'none'.",
         )
     for key, vals in (("crops.mean", c.mean), ("crops.std", c.std)):
         if vals is not None:
@@ -678,6 +680,11 @@ def _validate_adaptation(cfg: Config) -> None:
         not (lg.bbox_columns and lg.mask_column),
         "crops.label_guided",
         "give either bbox_columns or mask_column, not both.",
+    )
+    _check(
+        lg.share == 0 or cfg.crops.n_local > 0,
+        "crops.label_guided.share",
+        "is > 0 but crops.n_local is 0: label guidance only moves local crops; add local crops or set share to 0.",
     )
     if lg.share > 0:
         _check(

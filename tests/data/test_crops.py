@@ -4,9 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metadino.data.crops import Crops, MultiCropAugmentation, random_resized_crop_box, resize
+from metadino.data.crops import (
+    Crops,
+    MultiCropAugmentation,
+    label_guided_crop_box,
+    random_crop_size,
+    random_resized_crop_box,
+    resize,
+)
 from metadino.data.photometric import build_photometric
-from metadino.data.seeding import make_generator
+from metadino.data.regions import Region
+from metadino.data.seeding import draw_int, draw_uniform, make_generator
 
 
 def _aug(c: int = 4, preset: str = "microscopy", **kw) -> MultiCropAugmentation:
@@ -172,3 +180,151 @@ def test_eval_transform_resize_center_crop_normalize() -> None:
     assert micro.shape == (2, 16, 16)
     torch.testing.assert_close(micro.mean(dim=(1, 2)), torch.zeros(2), atol=1e-5, rtol=0)
     assert torch.equal(micro, _aug(2, "microscopy").eval_transform(img * 255.0, 16))
+
+
+# ------------------------------------------------------------------------------ label-guided crops (DINO-LG)
+
+
+def _contains(box: tuple[int, int, int, int], x0: float, y0: float, x1: float, y1: float) -> bool:
+    top, left, h, w = box
+    return left <= x0 and x1 <= left + w and top <= y0 and y1 <= top + h
+
+
+def _contains_point(box: tuple[int, int, int, int], x: float, y: float) -> bool:
+    top, left, h, w = box
+    return left <= x < left + w and top <= y < top + h
+
+
+def test_guided_box_contains_the_region_centre_and_the_whole_region_when_it_fits() -> None:
+    g = make_generator(0)
+    fits = larger = 0
+    for i in range(400):
+        H, W = draw_int(g, 20, 90), draw_int(g, 20, 90)
+        x0, y0 = draw_uniform(g, 0, W - 1), draw_uniform(g, 0, H - 1)
+        region = Region(x0, y0, draw_uniform(g, x0 + 0.3, W), draw_uniform(g, y0 + 0.3, H))
+        scale = (0.02, 0.3) if i % 2 else (0.3, 1.0)
+        box = label_guided_crop_box(H, W, scale, (3 / 4, 4 / 3), region, make_generator(i))
+        top, left, h, w = box
+        assert 0 <= top and top + h <= H and 0 <= left and left + w <= W  # inside the image
+        assert _contains_point(box, *region.center)
+        pixels = (int(x0), int(region.y0), -(-region.x1 // 1), -(-region.y1 // 1))  # pixels the region touches
+        if pixels[2] - pixels[0] <= w and pixels[3] - pixels[1] <= h:
+            assert _contains(box, region.x0, region.y0, region.x1, region.y1)
+            fits += 1
+        else:
+            larger += 1
+    assert fits > 50 and larger > 50  # both cases exercised
+
+
+def test_guided_box_is_centred_on_the_anchor_with_the_usual_size() -> None:
+    # a small box in the middle of a large image: no constraint binds, so the crop is centred on the anchor
+    region = Region(95.0, 100.0, 105.0, 104.0)
+    for i in range(50):
+        top, left, h, w = label_guided_crop_box(200, 200, (0.01, 0.02), (3 / 4, 4 / 3), region, make_generator(i))
+        g = make_generator(i)
+        h0, w0, drawn = random_crop_size(200, 200, (0.01, 0.02), (3 / 4, 4 / 3), g)
+        (px, py), _ = region.anchor(g)
+        assert drawn and (h, w) == (h0, w0)  # the size an ordinary crop draws from the same stream
+        assert abs(left + w / 2 - px) <= 0.5 and abs(top + h / 2 - py) <= 0.5
+
+
+def test_guided_box_on_a_mask_contains_a_mask_pixel_and_the_mask_when_it_fits() -> None:
+    mask = torch.zeros(60, 80, dtype=torch.bool)
+    mask[10:14, 60:63] = True  # small blob: fits in every crop below
+    mask[50, 5] = True  # far pixel: the mask's box spans most of the image
+    small = Region.from_mask(mask[:, 40:].contiguous())
+    large = Region.from_mask(mask)
+    for i in range(100):
+        box = label_guided_crop_box(60, 40, (0.05, 0.1), (3 / 4, 4 / 3), small, make_generator(i))
+        assert _contains(box, small.x0, small.y0, small.x1, small.y1)
+        g = make_generator(i)
+        box = label_guided_crop_box(60, 80, (0.05, 0.1), (3 / 4, 4 / 3), large, g)
+        top, left, h, w = box
+        assert mask[top : top + h, left : left + w].any()  # the crop shows region pixels
+
+
+def _guided_aug(share: float, n_local: int = 4, **kw) -> MultiCropAugmentation:
+    args = dict(hflip=False, local_scale=(0.05, 0.2), label_guided_share=share)
+    args.update(kw)
+    return _aug(2, "none", n_local=n_local, **args)
+
+
+def _expected_local(img: torch.Tensor, aug: MultiCropAugmentation, region: Region | None, crop_id: int, **keys) -> torch.Tensor:
+    g = make_generator(keys["seed"], keys["epoch"], keys["index"], crop_id)
+    H, W = img.shape[1:]
+    if region is None:
+        top, left, h, w = random_resized_crop_box(H, W, aug.local_scale, aug.ratio, g)
+    else:
+        top, left, h, w = label_guided_crop_box(H, W, aug.local_scale, aug.ratio, region, g)
+    return resize(img[:, top : top + h, left : left + w], (aug.local_size, aug.local_size))
+
+
+def test_share_zero_is_bit_identical_to_ordinary_crops() -> None:
+    img, region = _img(2, 64, 72), Region(30.0, 20.0, 40.0, 28.0)
+    plain = _aug(2, "none", n_local=4, hflip=False, local_scale=(0.05, 0.2))
+    for i in range(5):
+        keys = dict(seed=3, epoch=1, index=i)
+        ref = plain(img, **keys)
+        assert _same(_guided_aug(0.0)(img, region=region, **keys), ref)
+        assert _same(_guided_aug(1.0)(img, region=None, **keys), ref)  # rows without a region fall back
+
+
+def test_share_one_guides_every_local_crop_and_leaves_global_crops_alone() -> None:
+    img, region = _img(2, 64, 72), Region(50.0, 5.0, 58.0, 11.0)
+    aug, plain = _guided_aug(1.0, mask_probability=1.0), _guided_aug(0.0, mask_probability=1.0)
+    for i in range(6):
+        keys = dict(seed=0, epoch=2, index=i)
+        out, ref = aug(img, region=region, **keys), plain(img, **keys)
+        assert all(torch.equal(a, b) for a, b in zip(out.global_crops + out.masks, ref.global_crops + ref.masks))
+        for j, crop in enumerate(out.local_crops):
+            torch.testing.assert_close(crop, _expected_local(img, aug, region, 2 + j, **keys), rtol=0, atol=0)
+            assert not torch.equal(crop, ref.local_crops[j])
+
+
+def test_guided_crops_contain_the_region_end_to_end() -> None:
+    # the image is 1 on the region and 0 elsewhere: every guided crop holds the region and shows it
+    img = torch.zeros(1, 80, 96)
+    img[0, 30:36, 60:68] = 1.0
+    region = Region(60.0, 30.0, 68.0, 36.0)
+    aug = _aug(1, "none", n_local=3, hflip=False, local_scale=(0.1, 0.3), label_guided_share=1.0, patch_size=4,
+               global_size=32, local_size=16)
+    for i in range(20):
+        for j, crop in enumerate(aug(img, seed=0, epoch=0, index=i, region=region).local_crops):
+            box = label_guided_crop_box(80, 96, aug.local_scale, aug.ratio, region, make_generator(0, 0, i, 2 + j))
+            assert _contains(box, 60, 30, 68, 36)
+            assert crop.max() > 0.2
+
+
+def test_share_is_respected_with_stochastic_rounding() -> None:
+    img, region = _img(2, 64, 72), Region(30.0, 20.0, 40.0, 28.0)
+    aug = _guided_aug(0.4, n_local=3)  # 1.2 guided crops per sample on average
+    counts = []
+    for i in range(200):
+        keys = dict(seed=0, epoch=0, index=i)
+        n = aug.n_guided(**keys)
+        assert n in (1, 2) and n == aug.n_guided(**keys)
+        counts.append(n)
+        if i < 8:  # the guided crops are the first n local crops
+            out = aug(img, region=region, **keys)
+            for j, crop in enumerate(out.local_crops):
+                expected = _expected_local(img, aug, region if j < n else None, 2 + j, **keys)
+                torch.testing.assert_close(crop, expected, rtol=0, atol=0)
+    assert abs(sum(counts) / 200 - 1.2) < 0.1
+    assert _guided_aug(0.5, n_local=4).n_guided(seed=0, epoch=0, index=0) == 2
+    assert _guided_aug(1.0, n_local=0).uses_regions is False
+
+
+def test_guided_crops_are_a_pure_function_of_the_keys() -> None:
+    img = _img(2, 64, 72)
+    mask = torch.zeros(64, 72, dtype=torch.bool)
+    mask[40:50, 3:9] = True
+    mask[10, 60] = True
+    region = Region.from_mask(mask)
+    a = _guided_aug(0.7, n_local=5)(img, seed=1, epoch=0, index=4, region=region)
+    torch.manual_seed(5)
+    b = _guided_aug(0.7, n_local=5)(img, seed=1, epoch=0, index=4, region=Region.from_mask(mask.clone()))
+    assert _same(a, b)
+    c = _guided_aug(0.7, n_local=5)(img, seed=1, epoch=1, index=4, region=region)
+    assert not torch.equal(a.local_crops[0], c.local_crops[0])
+    with pytest.raises(ValueError, match="label_guided_share"):
+        _guided_aug(1.5)

@@ -281,9 +281,16 @@ def test_builtin_export_channel_expansion(tmp_path: Path) -> None:
         build_backbone(str(tmp_path), in_chans=2)
 
 
-def test_hf_shrinking_raises(hf_dirs: dict[str, Path]) -> None:
+def test_hf_shrinking_raises_but_grayscale_sums_the_filters(hf_dirs: dict[str, Path]) -> None:
+    four = build_backbone("hf:" + str(hf_dirs["dinov2"]), in_chans=4)
+    four.save_pretrained(hf_dirs["dinov2"].parent / "four")
     with pytest.raises(UserError, match="cannot be shrunk"):
-        build_backbone("hf:" + str(hf_dirs["dinov2"]), in_chans=1)
+        build_backbone("hf:" + str(hf_dirs["dinov2"].parent / "four"), in_chans=2)
+    rgb = build_backbone("hf:" + str(hf_dirs["dinov2"])).eval()
+    gray = build_backbone("hf:" + str(hf_dirs["dinov2"]), in_chans=1).eval()
+    g = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():  # a gray image is embedded exactly as the RGB model saw it replicated
+        torch.testing.assert_close(gray(g).cls, rgb(g.expand(-1, 3, -1, -1)).cls, atol=1e-5, rtol=1e-5)
 
 
 def test_images_with_wrong_channels_or_size(hf_dirs: dict[str, Path]) -> None:

@@ -57,6 +57,7 @@ def test_dtype_and_errors() -> None:
     assert expand_patch_embed_weight(w, 4).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="shrink"):
         expand_patch_embed_weight(_w(), 2)
+    torch.testing.assert_close(expand_patch_embed_weight(_w(), 1), _w().sum(dim=1, keepdim=True))
     with pytest.raises(ValueError, match="mode"):
         expand_patch_embed_weight(_w(), 4, mode="zeros")
     with pytest.raises(ValueError, match="conv weight"):

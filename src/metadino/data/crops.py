@@ -4,6 +4,12 @@ Every random draw of a crop comes from ``make_generator(seed, epoch, index, crop
 photometric), and the iBOT mask of global crop j from ``make_generator(seed, epoch, index, j, 1)``, a
 separate stream. So a sample's crops and masks do not depend on the worker, rank, batch size or the order
 in which samples are processed.
+
+Label-guided local crops (DINO-LG): when a sample comes with an annotated :class:`Region` and
+``label_guided_share`` > 0, the first ``n_guided`` local crops are centred on the region (see
+:func:`label_guided_crop_box`); ``n_guided`` is ``share * n_local`` rounded stochastically (floor, plus one
+with probability equal to the fractional part, drawn from ``make_generator(seed, epoch, index, 0, 2)``), so
+the expected share is exact. Global crops never change.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ import torch.nn.functional as F
 
 from metadino.data.masking import MaskingGenerator
 from metadino.data.photometric import Photometric
+from metadino.data.regions import Region
 from metadino.data.seeding import draw_int, draw_uniform, make_generator
 
 _MASK_STREAM = 1  # 5th seed key: masks never share a stream with crop geometry/photometric draws
+_GUIDED_STREAM = 2  # 5th seed key of the draw that rounds share * n_local
 
 
 @dataclass
@@ -36,17 +44,17 @@ class Crops:
     masks: list[torch.Tensor]
 
 
-def random_resized_crop_box(
+def random_crop_size(
     height: int,
     width: int,
     scale: tuple[float, float],
     ratio: tuple[float, float],
     generator: torch.Generator,
-) -> tuple[int, int, int, int]:
-    """torchvision RandomResizedCrop.get_params: (top, left, h, w).
+) -> tuple[int, int, bool]:
+    """The size part of RandomResizedCrop: (h, w, drawn).
 
-    Area fraction U(scale), log-uniform aspect w/h in ``ratio``, 10 attempts, then a center crop of the
-    whole image clipped to ``ratio``.
+    Area fraction U(scale), log-uniform aspect w/h in ``ratio``, 10 attempts; ``drawn`` is False when all
+    attempts failed and (h, w) is the fallback: the whole image clipped to ``ratio``.
     """
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -56,7 +64,7 @@ def random_resized_crop_box(
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
-            return draw_int(generator, 0, height - h), draw_int(generator, 0, width - w), h, w
+            return h, w, True
     in_ratio = width / height
     if in_ratio < min(ratio):
         w, h = width, int(round(width / min(ratio)))
@@ -64,7 +72,63 @@ def random_resized_crop_box(
         h, w = height, int(round(height * max(ratio)))
     else:
         h, w = height, width
-    return (height - h) // 2, (width - w) // 2, max(h, 1), max(w, 1)
+    return max(h, 1), max(w, 1), False
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+) -> tuple[int, int, int, int]:
+    """torchvision RandomResizedCrop.get_params: (top, left, h, w).
+
+    Size from :func:`random_crop_size`; a drawn size is placed uniformly, the fallback is centred.
+    """
+    h, w, drawn = random_crop_size(height, width, scale, ratio, generator)
+    if drawn:
+        return draw_int(generator, 0, height - h), draw_int(generator, 0, width - w), h, w
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _place(point: float, keep: float, r0: float, r1: float, size: int, limit: int) -> int:
+    """Start of a crop of ``size`` px on an axis of ``limit`` px, as close as possible to being centred on
+    ``point``, inside [0, limit), containing the pixel of ``keep``, and the region pixels
+    [floor(r0), ceil(r1)) whenever they fit in ``size``. The constraints always intersect (derivation:
+    r0 >= 0, r1 <= limit, size <= limit)."""
+    lo, hi = 0, limit - size
+    first, end = math.floor(r0), math.ceil(r1)
+    if end - first <= size:  # the whole region fits: keep all of it
+        lo, hi = max(lo, end - size), min(hi, first)
+    else:
+        k = min(math.floor(keep), limit - 1)
+        lo, hi = max(lo, k - size + 1), min(hi, k)
+    return min(max(math.floor(point - size / 2 + 0.5), lo), hi)
+
+
+def label_guided_crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    region: Region,
+    generator: torch.Generator,
+) -> tuple[int, int, int, int]:
+    """A crop box (top, left, h, w) centred on a random point of ``region`` (DINO-LG).
+
+    The size is drawn as in :func:`random_crop_size` (same scale and aspect); the box is then centred on
+    :meth:`Region.anchor`'s point and shifted the least needed to stay inside the image, to contain the
+    anchor's keep-point (box regions: the box centre; mask regions: the drawn mask pixel), and, when the
+    region's box fits in the crop, the whole region.
+    """
+    if not (region.x1 <= width and region.y1 <= height):
+        raise ValueError(f"region {(region.x0, region.y0, region.x1, region.y1)} leaves a {height}x{width} image")
+    h, w, _ = random_crop_size(height, width, scale, ratio, generator)
+    (px, py), (kx, ky) = region.anchor(generator)
+    top = _place(py, ky, region.y0, region.y1, h, height)
+    left = _place(px, kx, region.x0, region.x1, w, width)
+    return top, left, h, w
 
 
 def resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -100,6 +164,8 @@ class MultiCropAugmentation:
         mask_ratio: (min, max) share of masked tokens of a masked crop.
         mask_probability: probability that a global crop is masked.
         n_global: number of global crops.
+        label_guided_share: share of local crops centred on the sample's region when one is given
+            (module docstring); 0 = ordinary crops, bit for bit.
     """
 
     ratio = (3.0 / 4.0, 4.0 / 3.0)
@@ -119,6 +185,7 @@ class MultiCropAugmentation:
         mask_ratio: tuple[float, float] = (0.1, 0.5),
         mask_probability: float = 0.5,
         n_global: int = 2,
+        label_guided_share: float = 0.0,
     ) -> None:
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
@@ -134,6 +201,8 @@ class MultiCropAugmentation:
             raise ValueError(f"mask_ratio must satisfy 0 <= min <= max <= 1, got {mask_ratio}")
         if not 0.0 <= mask_probability <= 1.0:
             raise ValueError(f"mask_probability must be in [0, 1], got {mask_probability}")
+        if not 0.0 <= label_guided_share <= 1.0:
+            raise ValueError(f"label_guided_share must be in [0, 1], got {label_guided_share}")
         self.global_size = global_size
         self.local_size = local_size
         self.n_local = n_local
@@ -146,6 +215,7 @@ class MultiCropAugmentation:
         self.patch_size = patch_size
         self.mask_ratio = mask_ratio
         self.mask_probability = mask_probability
+        self.label_guided_share = label_guided_share
         grid = global_size // patch_size
         self.masking = MaskingGenerator((grid, grid), min_num_patches=4, max_num_patches=int(0.5 * grid * grid))
 
@@ -159,10 +229,34 @@ class MultiCropAugmentation:
         if image.shape[1] < 1 or image.shape[2] < 1:
             raise ValueError(f"empty image of shape {tuple(image.shape)}")
 
+    @property
+    def uses_regions(self) -> bool:
+        """Whether regions can change any crop (so a dataset need not load them otherwise)."""
+        return self.label_guided_share > 0 and self.n_local > 0
+
+    def n_guided(self, *, seed: int, epoch: int, index: int) -> int:
+        """How many local crops of sample (seed, epoch, index) are label-guided when it has a region."""
+        exact = self.label_guided_share * self.n_local
+        n = math.floor(exact)
+        frac = exact - n
+        if frac > 1e-9 and draw_uniform(make_generator(seed, epoch, index, 0, _GUIDED_STREAM), 0.0, 1.0) < frac:
+            n += 1
+        return min(n, self.n_local)
+
     def _crop(
-        self, image: torch.Tensor, size: int, scale: tuple[float, float], kind: str, generator: torch.Generator
+        self,
+        image: torch.Tensor,
+        size: int,
+        scale: tuple[float, float],
+        kind: str,
+        generator: torch.Generator,
+        region: Region | None = None,
     ) -> torch.Tensor:
-        top, left, h, w = random_resized_crop_box(image.shape[1], image.shape[2], scale, self.ratio, generator)
+        height, width = image.shape[1], image.shape[2]
+        if region is None:
+            top, left, h, w = random_resized_crop_box(height, width, scale, self.ratio, generator)
+        else:
+            top, left, h, w = label_guided_crop_box(height, width, scale, self.ratio, region, generator)
         crop = resize(image[:, top : top + h, left : left + w], (size, size))
         if self.hflip and draw_uniform(generator, 0.0, 1.0) < 0.5:
             crop = crop.flip(-1)
@@ -177,12 +271,15 @@ class MultiCropAugmentation:
         r = draw_uniform(generator, *self.mask_ratio)
         return self.masking(int(n * r), generator).view(-1)
 
-    def __call__(self, image: torch.Tensor, *, seed: int, epoch: int, index: int) -> Crops:
-        """Crops and masks of one sample, a pure function of (seed, epoch, index).
+    def __call__(
+        self, image: torch.Tensor, *, seed: int, epoch: int, index: int, region: Region | None = None
+    ) -> Crops:
+        """Crops and masks of one sample, a pure function of (seed, epoch, index, region).
 
         Args:
             image: float [C, H, W] (the range the photometric preset expects, e.g. [0, 1] for "natural").
             seed, epoch, index: run seed, epoch, sample index in the dataset.
+            region: the sample's annotated region in pixels of ``image`` (DINO-LG), or None.
         Returns:
             :class:`Crops`; crop ids are 0..n_global-1 for global crops, then n_global.. for local crops.
         """
@@ -194,9 +291,17 @@ class MultiCropAugmentation:
                 self._crop(image, self.global_size, self.global_scale, kind, make_generator(seed, epoch, index, j))
             )
             masks.append(self._mask(make_generator(seed, epoch, index, j, _MASK_STREAM)))
+        guided = self.n_guided(seed=seed, epoch=epoch, index=index) if region is not None and self.uses_regions else 0
         local_crops = [
-            self._crop(image, self.local_size, self.local_scale, "local", make_generator(seed, epoch, index, j))
-            for j in range(self.n_global, self.n_global + self.n_local)
+            self._crop(
+                image,
+                self.local_size,
+                self.local_scale,
+                "local",
+                make_generator(seed, epoch, index, self.n_global + i),
+                region if i < guided else None,
+            )
+            for i in range(self.n_local)
         ]
         return Crops(global_crops=global_crops, local_crops=local_crops, masks=masks)
 

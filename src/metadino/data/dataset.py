@@ -8,7 +8,8 @@ on the number of workers, the world size or whether the run was resumed:
   ``epoch = p // n``. Rank ``r`` of ``W`` owns slots ``[r * B, (r + 1) * B)``, so the union
   over ranks is exactly the single-process batch of the same global size.
 * :class:`SSLDataset` receives ``(epoch, index)`` and augments with
-  ``(seed, epoch, index, crop id)`` counters (see :mod:`metadino.data.seeding`).
+  ``(seed, epoch, index, crop id)`` counters (see :mod:`metadino.data.seeding`); with label-guided crops,
+  the row's region (:mod:`metadino.data.regions`) is part of the sample, as fixed as its image.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch.utils.data import Dataset, Sampler
 
 from metadino.data.crops import MultiCropAugmentation
 from metadino.data.images import load_image
+from metadino.data.regions import TableRegions
 from metadino.data.seeding import make_generator
 from metadino.data.table import MetadataTable
 from metadino.data.targets import TableTargets
@@ -45,7 +47,12 @@ def load_checked_image(table: MetadataTable, index: int, in_chans: int) -> torch
 
 
 class SSLDataset(Dataset):
-    """Rows of a metadata table -> multi-crop views. Indexed by ``(epoch, row index)``."""
+    """Rows of a metadata table -> multi-crop views. Indexed by ``(epoch, row index)``.
+
+    ``regions`` (from :func:`metadino.data.regions.load_regions` on the same table) gives each row's
+    annotated region to the augmentation for label-guided local crops; it is only read when the
+    augmentation guides some crops (``augment.uses_regions``).
+    """
 
     def __init__(
         self,
@@ -55,8 +62,12 @@ class SSLDataset(Dataset):
         seed: int,
         in_chans: int,
         targets: TableTargets | None = None,
+        regions: TableRegions | None = None,
     ):
+        if regions is not None and len(regions) != len(table):
+            raise ValueError(f"regions cover {len(regions)} rows but the table has {len(table)}")
         self.table = table
+        self.regions = regions
         self.targets = targets
         self.augment = augment
         self.seed = seed
@@ -68,7 +79,10 @@ class SSLDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = key
         image = load_checked_image(self.table, index, self.in_chans)
-        crops = self.augment(image, seed=self.seed, epoch=epoch, index=index)
+        region = None
+        if self.regions is not None and self.augment.uses_regions:
+            region = self.regions.region(index, (image.shape[1], image.shape[2]))
+        crops = self.augment(image, seed=self.seed, epoch=epoch, index=index, region=region)
         sample = {"global": crops.global_crops, "local": crops.local_crops, "masks": crops.masks, "index": index}
         if self.targets is not None:
             sample["targets"] = self.targets.row(index)

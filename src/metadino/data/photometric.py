@@ -8,11 +8,18 @@ Presets (``PHOTOMETRIC_PRESETS``; add one by adding a factory to ``_PRESETS``):
 
 - ``natural``: the DINO colour pipeline for RGB images in [0, 1], with torchvision's formulas.
 - ``microscopy``: per-channel intensity jitter + channel dropout + per-image self-normalization, any C.
+- ``xray``: radiographs; intensity windowing, gamma, mild brightness/contrast, blur; no colour op, any C.
+- ``satellite``: multi-band imagery; random 90 degree rotations and flips, per-band gain/offset jitter.
 - ``none``: no random op; Normalize(mean, std) if given.
+
+The xray and satellite presets apply their brightness/contrast jitter *after* standardisation (in units
+of the standardised intensities): an affine per-channel jitter before a per-image self-normalisation
+would be cancelled exactly.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -191,13 +198,18 @@ class Photometric:
         """Random ops (subclasses override). Args: crop [C, H, W]."""
         return crop
 
+    def apply(self, crop: torch.Tensor, generator: torch.Generator, crop_kind: str) -> torch.Tensor:
+        """The whole training pipeline of a checked crop; presets whose random ops sit between deterministic
+        steps override this (and keep :meth:`normalize` equal to the pipeline without its random ops)."""
+        return self.normalize(self.augment(crop, generator, crop_kind))
+
     def __call__(self, crop: torch.Tensor, generator: torch.Generator, crop_kind: str) -> torch.Tensor:
         """Random ops then normalization. Args: crop float [C, H, W]; crop_kind in CROP_KINDS."""
         if crop_kind not in CROP_KINDS:
             raise ValueError(f"crop_kind must be one of {CROP_KINDS}, got {crop_kind!r}")
         if crop.dim() != 3 or crop.shape[0] != self.in_chans:
             raise ValueError(f"expected a [{self.in_chans}, H, W] crop, got shape {tuple(crop.shape)}")
-        return self.normalize(self.augment(crop, generator, crop_kind))
+        return self.apply(crop, generator, crop_kind)
 
 
 class NaturalPhotometric(Photometric):
@@ -327,6 +339,153 @@ class MicroscopyPhotometric(Photometric):
         return self_normalize(x)
 
 
+def rescale_to_unit(img: torch.Tensor) -> torch.Tensor:
+    """Per-channel min-max rescale to [0, 1]; a constant channel becomes 0. Args: img [C, H, W]."""
+    lo = img.amin(dim=(-2, -1), keepdim=True)
+    span = img.amax(dim=(-2, -1), keepdim=True) - lo
+    return torch.where(span > 0, (img - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(img))
+
+
+def intensity_window(img: torch.Tensor, center: float, width: float) -> torch.Tensor:
+    """Radiology window: [center - width/2, center + width/2] -> [0, 1], clamped. Args: img [C, H, W]."""
+    return ((img - (center - 0.5 * width)) / width).clamp(0.0, 1.0)
+
+
+def _standardize(p: Photometric, x: torch.Tensor) -> torch.Tensor:
+    """Normalize(mean, std) when the preset has them, else per-image self-normalization."""
+    return Photometric.normalize(p, x) if p.mean is not None else self_normalize(x)
+
+
+class XRayPhotometric(Photometric):
+    """Radiographs: intensity windowing and gamma, no colour op; single channel (any C treated alike).
+
+    When to use it: X-ray radiographs (chest, bone, dental), mammograms, CT/MR slices exported as images —
+    grayscale data where intensity carries meaning and colour does not exist. Give ``crops.mean/std`` (of
+    the [0, 1]-rescaled intensities) for images with large uniform background, otherwise each crop is
+    self-normalized.
+
+    Deterministic part (training and evaluation): each channel is rescaled to [0, 1] by its min/max over
+    the crop (a 12-bit image stored in a 16-bit file becomes full range), and standardised at the end:
+    Normalize(mean, std) if given, else per-image per-channel self-normalization.
+    Random part, one draw shared by all channels (so channels are never mixed and are treated alike):
+    with p=0.8 an intensity window (centre U(0.5 +- 0.15), width U(0.6, 1.0), clamped to [0, 1]); gamma
+    x**g with log g ~ U(log 0.7, log 1.4); Gaussian blur with p=0.2 (sigma U(0.1, 1.0) px); then, after
+    standardisation, mild contrast c ~ U(0.9, 1.1) and brightness shift b ~ U(-0.1, 0.1): z -> c*z + b.
+    No hue, saturation, grayscale or solarize op.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 1,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        *,
+        window_p: float = 0.8,
+        window_center: tuple[float, float] = (0.35, 0.65),
+        window_width: tuple[float, float] = (0.6, 1.0),
+        gamma: tuple[float, float] = (0.7, 1.4),
+        contrast: float = 0.1,
+        brightness: float = 0.1,
+        blur_p: float = 0.2,
+        sigma: tuple[float, float] = (0.1, 1.0),
+    ):
+        super().__init__(in_chans, mean, std)
+        if not 0.0 < window_width[0] <= window_width[1]:
+            raise ValueError(f"window_width must satisfy 0 < min <= max, got {window_width}")
+        if not 0.0 < gamma[0] <= gamma[1]:
+            raise ValueError(f"gamma must satisfy 0 < min <= max, got {gamma}")
+        self.window_p = window_p
+        self.window_center = window_center
+        self.window_width = window_width
+        self.log_gamma = (math.log(gamma[0]), math.log(gamma[1]))
+        self.contrast = (max(0.0, 1.0 - contrast), 1.0 + contrast)
+        self.brightness = (-brightness, brightness)
+        self.blur_p = blur_p
+        self.sigma = sigma
+
+    def augment(self, crop: torch.Tensor, generator: torch.Generator, crop_kind: str) -> torch.Tensor:
+        """Window, gamma and blur of a [0, 1]-rescaled crop [C, H, W]; output stays in [0, 1]."""
+        if _coin(generator, self.window_p):
+            center = draw_uniform(generator, *self.window_center)
+            width = draw_uniform(generator, *self.window_width)
+            crop = intensity_window(crop, center, width)
+        g = math.exp(draw_uniform(generator, *self.log_gamma))
+        crop = crop.clamp_min(0.0).pow(g)
+        if self.blur_p > 0 and _coin(generator, self.blur_p):
+            crop = gaussian_blur(crop, blur_kernel_size(min(crop.shape[-2:])), draw_uniform(generator, *self.sigma))
+        return crop
+
+    def apply(self, crop: torch.Tensor, generator: torch.Generator, crop_kind: str) -> torch.Tensor:
+        z = _standardize(self, self.augment(rescale_to_unit(crop), generator, crop_kind))
+        c = draw_uniform(generator, *self.contrast)
+        b = draw_uniform(generator, *self.brightness)
+        return c * z + b
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return _standardize(self, rescale_to_unit(x))
+
+
+class SatellitePhotometric(Photometric):
+    """Multi-band imagery: random 90 degree rotations and flips, per-band gain/offset jitter, no colour op.
+
+    When to use it: satellite and aerial imagery (RGB, multispectral, SAR) seen from above, where there is
+    no "up" — any rotation or mirror image of a scene is an equally valid scene — and bands are separate
+    sensor channels whose calibration varies between acquisitions. Give ``crops.mean/std`` (per-band
+    statistics of your data set) when absolute reflectance matters; otherwise each crop is self-normalized.
+
+    Random geometry: k ~ U{0, 1, 2, 3} quarter turns (``torch.rot90``; a non-square crop gets 0 or 2 so
+    its shape is kept), then horizontal and vertical flips with p=0.5 each — together all 8 symmetries of
+    the square. Then standardisation (Normalize(mean, std) if given, else per-image per-band
+    self-normalization), then per band b independently z_b -> c_b * z_b + o_b with c_b ~ U(1 +- contrast)
+    and o_b ~ U(+-brightness) (in standardised units). No hue, saturation or band mixing.
+    The iBOT masks are drawn on the token grid of the finished crop, so the geometric ops need no mask
+    bookkeeping.
+    """
+
+    def __init__(
+        self,
+        in_chans: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        *,
+        rotate: bool = True,
+        flip: bool = True,
+        contrast: float = 0.2,
+        brightness: float = 0.2,
+    ):
+        super().__init__(in_chans, mean, std)
+        self.rotate = rotate
+        self.flip = flip
+        self.contrast = contrast
+        self.brightness = brightness
+
+    def augment(self, crop: torch.Tensor, generator: torch.Generator, crop_kind: str) -> torch.Tensor:
+        """The geometric part: rotation and flips of a crop [C, H, W]."""
+        if self.rotate:
+            k = draw_int(generator, 0, 3)
+            if crop.shape[-2] != crop.shape[-1]:
+                k = 2 * (k // 2)  # a quarter turn would swap H and W
+            if k:
+                crop = torch.rot90(crop, k, dims=(-2, -1))
+        if self.flip:
+            if _coin(generator, 0.5):
+                crop = crop.flip(-1)
+            if _coin(generator, 0.5):
+                crop = crop.flip(-2)
+        return crop
+
+    def apply(self, crop: torch.Tensor, generator: torch.Generator, crop_kind: str) -> torch.Tensor:
+        z = self.normalize(self.augment(crop, generator, crop_kind))
+        if self.contrast == 0 and self.brightness == 0:
+            return z.contiguous()
+        c = 1.0 + self.contrast * (2.0 * torch.rand(self.in_chans, generator=generator, dtype=torch.float64) - 1.0)
+        o = self.brightness * (2.0 * torch.rand(self.in_chans, generator=generator, dtype=torch.float64) - 1.0)
+        return (c.to(z.dtype).view(-1, 1, 1) * z + o.to(z.dtype).view(-1, 1, 1)).contiguous()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return _standardize(self, x)
+
+
 def _natural(in_chans: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> Photometric:
     return NaturalPhotometric(in_chans, mean, std)
 
@@ -335,14 +494,24 @@ def _microscopy(in_chans: int, mean: Sequence[float] | None, std: Sequence[float
     return MicroscopyPhotometric(in_chans)
 
 
+def _xray(in_chans: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> Photometric:
+    return XRayPhotometric(in_chans, mean, std)
+
+
+def _satellite(in_chans: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> Photometric:
+    return SatellitePhotometric(in_chans, mean, std)
+
+
 def _none(in_chans: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> Photometric:
     return Photometric(in_chans, mean, std)
 
 
-# The one place that maps a preset name to its builder; add xray/satellite presets here.
+# The one place that maps a preset name to its builder.
 _PRESETS: dict[str, Callable[[int, Sequence[float] | None, Sequence[float] | None], Photometric]] = {
     "natural": _natural,
     "microscopy": _microscopy,
+    "xray": _xray,
+    "satellite": _satellite,
     "none": _none,
 }
 PHOTOMETRIC_PRESETS: tuple[str, ...] = tuple(_PRESETS)
@@ -363,6 +532,8 @@ __all__ = [
     "MicroscopyPhotometric",
     "NaturalPhotometric",
     "Photometric",
+    "SatellitePhotometric",
+    "XRayPhotometric",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_hue",
@@ -370,5 +541,7 @@ __all__ = [
     "build_photometric",
     "gaussian_blur",
     "intensity_jitter",
+    "intensity_window",
+    "rescale_to_unit",
     "self_normalize",
 ]

@@ -315,9 +315,9 @@ def _expand_hf_channels(model: nn.Module, in_chans: int, mode: str, source: str)
         raise TypeError(f"expected one patch-embedding conv in {type(model).__name__}, found {len(convs)}")
     name, old = convs[0]
     cur = old.in_channels
-    if in_chans < cur:
+    if 1 < in_chans < cur:
         raise UserError(f"{source} has {cur} input channels and cannot be shrunk to in_chans={in_chans}; "
-                        f"use in_chans >= {cur} (or select {cur} channels in the data)")
+                        f"use in_chans >= {cur} or 1 (or select {cur} channels in the data)")
     new = nn.Conv2d(in_chans, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
                     bias=old.bias is not None).to(device=old.weight.device, dtype=old.weight.dtype)
     with torch.no_grad():
@@ -370,9 +370,9 @@ def _load_hf(ref: str, *, in_chans: int | None, drop_path_rate: float, channel_e
     if drop_path_rate and hasattr(config, "drop_path_rate"):
         config.drop_path_rate = float(drop_path_rate)
     cur = int(config.num_channels)
-    if in_chans is not None and in_chans < cur:
+    if in_chans is not None and 1 < in_chans < cur:
         raise UserError(f"{ref!r} has {cur} input channels and cannot be shrunk to in_chans={in_chans}; "
-                        f"use in_chans >= {cur} (or select {cur} channels in the data)")
+                        f"use in_chans >= {cur} or 1 (or select {cur} channels in the data)")
     kwargs: dict[str, Any] = {"config": config, "dtype": torch.float32, "output_loading_info": True}
     try:  # all three supported classes implement SDPA in transformers >= 5.17
         model, info = AutoModel.from_pretrained(target, attn_implementation="sdpa", **kwargs)
@@ -392,7 +392,7 @@ def _load_hf(ref: str, *, in_chans: int | None, drop_path_rate: float, channel_e
     if type(model).__name__ not in SUPPORTED_HF_CLASSES:
         raise UserError(f"{ref!r} loads as {type(model).__name__}, which metadino cannot adapt; use a checkpoint of "
                         f"{', '.join(SUPPORTED_HF_CLASSES)}")
-    if in_chans is not None and in_chans > cur:
+    if in_chans is not None and in_chans != cur:
         _expand_hf_channels(model, in_chans, channel_expansion, repr(ref))
     return HFBackbone(model)
 
@@ -418,7 +418,7 @@ def _load_builtin_export(directory: Path, cfg: dict[str, Any], *, in_chans: int 
     state = load_file(str(weights))
     cur = int(args["in_chans"])
     if in_chans is not None and in_chans != cur:
-        if in_chans < cur:
+        if 1 < in_chans < cur:
             raise UserError(f"{directory} has {cur} input channels and cannot be shrunk to in_chans={in_chans}; "
                             f"use in_chans >= {cur}")
         key = "patch_embed.proj.weight"

@@ -25,7 +25,7 @@ def expand_patch_embed_weight(weight: Tensor, in_chans: int, *, mode: str = "mea
 
     Args:
         weight: [O, C, p, p] patch-embedding conv weight (C = 3 for RGB checkpoints).
-        in_chans: N >= C, the wanted number of input channels.
+        in_chans: N >= C, the wanted number of input channels; or 1 (grayscale: the filters are summed).
         mode: how the N - C new channels are initialised; only ``"mean"`` (mean over the C filters).
         normalize: scale the whole result by C / N (the reference's default; ``--no-normalize`` turns it off).
 
@@ -37,6 +37,10 @@ def expand_patch_embed_weight(weight: Tensor, in_chans: int, *, mode: str = "mea
     if mode not in EXPANSION_MODES:
         raise ValueError(f"unknown channel expansion mode {mode!r}; expected one of {EXPANSION_MODES}")
     cur = weight.shape[1]
+    if in_chans == 1 and cur > 1:
+        # grayscale from a colour checkpoint: the summed filter embeds a gray image exactly as the checkpoint
+        # embedded that image replicated into every channel
+        return weight.detach().sum(dim=1, keepdim=True).contiguous()
     if in_chans < cur:
         raise ValueError(f"cannot shrink a patch embedding from {cur} to {in_chans} input channels")
     if in_chans == cur:
