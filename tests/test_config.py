@@ -135,3 +135,24 @@ def test_bad_guides_are_rejected_with_key(guide, key):
 def test_duplicate_guide_column():
     with pytest.raises(UserError, match="already has a guide"):
         make(guidance={"guides": [{"column": "a"}, {"column": "a"}]})
+
+
+@pytest.mark.parametrize(
+    "sections,key",
+    [
+        ({"adapt": {"mode": "freeze"}}, "adapt.freeze_blocks"),  # freeze needs a block count
+        ({"adapt": {"freeze_blocks": 2}}, "adapt.freeze_blocks"),  # full mode freezes nothing
+        ({"adapt": {"mode": "lora", "lora": {"rank": 0}}}, "adapt.lora.rank"),
+        ({"adapt": {"mode": "lora", "lora": {"target_modules": []}}}, "adapt.lora.target_modules"),
+        ({"adapt": {"mode": "lora"}, "stages": {"unfreeze_last_n_blocks": 2}}, "stages.unfreeze_last_n_blocks"),
+        ({"ssl": {"distill": {"teacher": "builtin:vit-base"}}}, "ssl.distill.teacher"),
+        ({"crops": {"label_guided": {"share": 0.5}}}, "crops.label_guided.share"),  # no region columns
+        ({"crops": {"label_guided": {"share": 1.5, "mask_column": "m"}}}, "crops.label_guided.share"),
+        ({"crops": {"label_guided": {"bbox_columns": ["a", "b"]}}}, "crops.label_guided.bbox_columns"),
+        ({"crops": {"n_local": 0, "label_guided": {"share": 0.5, "mask_column": "m"}}}, "crops.label_guided.share"),
+    ],
+)
+def test_adaptation_and_label_guided_rules_name_the_key(sections, key):
+    with pytest.raises(UserError) as e:
+        make(**sections)
+    assert f"'{key}'" in str(e.value)

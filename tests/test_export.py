@@ -13,6 +13,7 @@ from metadino.data.table import load_table
 from metadino.embed import extract_features, read_embeddings
 from metadino.errors import UserError
 from metadino.export import backbone_from_run, export_run, load_model
+from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.loop import train
 
 
@@ -88,3 +89,55 @@ def test_hf_dinov2_trains_exports_and_reloads(tmp_path, image_table, in_chans):
     if original is not None:
         assert not torch.allclose(original, exported)
     assert transformers.AutoModel.from_pretrained(hf_dir).config.num_channels == 3
+
+
+# A few steps that move the EMA teacher's adapters well away from zero.
+_MOVING = {"stages": {"heads_only_steps": 0, "ramp_steps": 0}, "train": {"steps": 3},
+           "optim": {"lr": 0.01, "warmup_steps": 0}, "ssl": {"ema_momentum": 0.5, "ema_momentum_end": 0.5}}
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+def test_lora_run_exports_merged_and_adapter_only(tmp_path, image_table):
+    """A LoRA run on a Dinov2 checkpoint: the merged export is a plain transformers model; the adapter-only
+    export is a peft adapter directory that peft and load_model both read; all agree within 1e-5."""
+    from peft import PeftModel
+
+    hf_dir = tmp_path / "dinov2"
+    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                       patch_size=8, image_size=32)
+    transformers.Dinov2Model(config).save_pretrained(hf_dir)
+    lora = {"mode": "lora", "lora": {"rank": 4, "target_modules": ["qkv", "proj"]}}
+    cfg = tiny_config(image_table, model={"backbone": f"hf:{hf_dir}"}, adapt=lora, **_MOVING)
+    train(config_from_dict(cfg), tmp_path / "run", progress=False)
+    adapters = [v for k, v in load_latest_checkpoint(tmp_path / "run")["task"].items() if k.startswith("teacher.") and "lora_B" in k]
+    assert len(adapters) == 8 and all(v.abs().max() > 1e-3 for v in adapters)  # merging has something to merge
+    export_run(tmp_path / "run", tmp_path / "merged")
+    export_run(tmp_path / "run", tmp_path / "adapter", merge_lora=False)
+
+    merged = transformers.AutoModel.from_pretrained(tmp_path / "merged")
+    assert type(merged).__name__ == "Dinov2Model" and not any("lora" in k for k in merged.state_dict())
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tmp_path / "adapter").iterdir()}
+    rows = load_table(image_table, image_column="path")
+    ref = _embeddings(str(tmp_path / "run"), rows)
+    torch.testing.assert_close(_embeddings(str(tmp_path / "merged"), rows), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_embeddings(str(tmp_path / "adapter"), rows), ref, atol=1e-5, rtol=0)
+    assert not torch.allclose(_embeddings(f"hf:{hf_dir}", rows), ref)  # the adapters did change the model
+
+    x = torch.randn(2, 3, 32, 32)
+    peft_model = PeftModel.from_pretrained(transformers.AutoModel.from_pretrained(hf_dir), str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(pixel_values=x).pooler_output, merged.eval()(pixel_values=x).pooler_output,
+                                   atol=1e-5, rtol=0)
+
+
+def test_adapter_only_export_of_a_builtin_lora_run_keeps_its_random_base(tmp_path, image_table):
+    lora = {"mode": "lora", "freeze_blocks": 1, "lora": {"rank": 2, "target_modules": ["mlp"]}}
+    train(config_from_dict(tiny_config(image_table, adapt=lora, **_MOVING)), tmp_path / "run", progress=False)
+    export_run(tmp_path / "run", tmp_path / "adapter", merge_lora=False)
+    assert (tmp_path / "adapter" / "base" / "model.safetensors").is_file()
+    rows = load_table(image_table, image_column="path")
+    torch.testing.assert_close(_embeddings(str(tmp_path / "adapter"), rows), _embeddings(str(tmp_path / "run"), rows),
+                               atol=1e-5, rtol=0)
+    train(config_from_dict(tiny_config(image_table, train={"steps": 1})), tmp_path / "full", progress=False)
+    with pytest.raises(UserError, match="adapter-only export needs a LoRA run"):
+        export_run(tmp_path / "full", tmp_path / "x", merge_lora=False)

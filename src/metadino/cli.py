@@ -53,15 +53,21 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
             """\
             Export the EMA-teacher backbone of a run's newest checkpoint. HF backbones load with
             transformers.AutoModel.from_pretrained(OUT); every export carries preprocessing.json.
+            LoRA runs are merged into a plain model by default; --adapter-only writes a peft adapter
+            directory (plus what is needed to rebuild the base) instead.
 
-            example:
+            examples:
               metadino export runs/first --out models/first
+              metadino export runs/lora --out models/lora-adapter --adapter-only
             """
         ),
     )
     p.add_argument("run_dir", type=Path, help="run directory")
     p.add_argument("--out", type=Path, required=True, help="output directory (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--merge-lora", action="store_true", help="LoRA runs: fold the adapters into a plain model (default)")
+    g.add_argument("--adapter-only", action="store_true", help="LoRA runs: write only the adapters (peft format)")
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
@@ -248,7 +254,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from metadino.export import export_run
 
-    out = export_run(args.run_dir, args.out, overwrite=args.overwrite)
+    out = export_run(args.run_dir, args.out, overwrite=args.overwrite, merge_lora=not args.adapter_only)
     print(f"exported {args.run_dir} -> {out}")
     return 0
 

@@ -692,8 +692,20 @@ def _validate_adaptation(cfg: Config) -> None:
             "crops.label_guided.share",
             "is > 0 but no region is given: set crops.label_guided.bbox_columns or mask_column.",
         )
-    if cfg.ssl.distill.teacher is not None:
-        _check(bool(cfg.ssl.distill.teacher.strip()), "ssl.distill.teacher", "must be a backbone spec, or null.")
+    if a.mode != "full":
+        _check(
+            cfg.stages.unfreeze_last_n_blocks == 0,
+            "stages.unfreeze_last_n_blocks",
+            f"cannot be combined with adapt.mode: {a.mode}; use adapt.freeze_blocks = depth - N instead.",
+        )
+    teacher = cfg.ssl.distill.teacher
+    if teacher is not None:
+        _check(bool(teacher.strip()), "ssl.distill.teacher", "must be a backbone spec, or null.")
+        _check(
+            not teacher.startswith("builtin:"),
+            "ssl.distill.teacher",
+            f"'{teacher}' would be a randomly initialised model; pass a pretrained hf:<id>, export or run directory.",
+        )
 
 
 def _validate_guidance(cfg: Config) -> None:

@@ -2,7 +2,14 @@
 
 An export directory is self-contained: the backbone (a transformers directory for HF backbones,
 safetensors + config.json for the built-in ViT) plus ``preprocessing.json`` (input size,
-channels, normalisation), so embedding from it needs no other file.
+channels, normalisation), so embedding from it needs no other file. LoRA adapters are merged into
+the weights on export, so the result is a plain model.
+
+An adapter-only export of a LoRA run (``export_run(..., merge_lora=False)``) is a peft adapter
+directory (``adapter_config.json`` + ``adapter_model.safetensors``, readable by
+``PeftModel.from_pretrained(base, dir)``) plus ``metadino_adapter.json`` (how to rebuild the base, and
+its fingerprint) and ``preprocessing.json``; a randomly initialised base (``builtin:``) is saved in
+``base/`` since it cannot be rebuilt otherwise. :func:`load_model` reads it and merges.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from typing import Any
 
 from metadino.config import Config, config_from_dict
 from metadino.errors import UserError
+from metadino.models.adapt import METADINO_ADAPTER_FILE, merged_copy
 from metadino.models.backbone import Backbone, build_backbone, load_backbone_state
 
 PREPROCESSING_FILE = "preprocessing.json"
@@ -47,9 +55,10 @@ def default_preprocessing(backbone: Backbone) -> dict[str, Any]:
 
 
 def write_export(backbone: Backbone, directory: str | Path, preprocessing: dict[str, Any]) -> Path:
+    """Save `backbone` (LoRA adapters merged into a copy first) and its preprocessing to `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    backbone.save_pretrained(directory)
+    merged_copy(backbone).save_pretrained(directory)
     (directory / PREPROCESSING_FILE).write_text(json.dumps(preprocessing, indent=2) + "\n")
     return directory
 
@@ -68,29 +77,95 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "checkpoints").is_dir()
 
 
-def backbone_from_run(run_dir: str | Path) -> tuple[Backbone, dict[str, Any]]:
-    """The EMA teacher backbone of the newest checkpoint of a run, and its preprocessing."""
+def _run_backbone(run_dir: str | Path) -> tuple[Backbone, Config]:
+    """The exported backbone of the newest checkpoint (EMA teacher; the student when distilling), with its
+    LoRA adapters still in place, and the run's config."""
     from metadino.train.checkpoint import load_latest_checkpoint  # train layer; imported lazily
-    from metadino.train.factory import build_backbone_from_config
+    from metadino.train.factory import adapt_backbone, build_backbone_from_config
 
     state = load_latest_checkpoint(run_dir)
     cfg = config_from_dict(state["config"])
     backbone = build_backbone_from_config(cfg.model, image_size=cfg.crops.global_size)
-    prefix = "teacher.backbone."
+    adapt_backbone(cfg, backbone)  # LoRA layers, so that the checkpoint's keys match
+    prefix = "student.backbone." if cfg.ssl.distill.teacher is not None else "teacher.backbone."
     weights = {k[len(prefix) :]: v for k, v in state["task"].items() if k.startswith(prefix)}
     load_backbone_state(backbone, weights, source=f"{run_dir} (step {state['step']})")
-    return backbone.eval(), preprocessing_from_config(cfg, backbone)
+    return backbone.eval(), cfg
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Write the teacher backbone of `run_dir` to `out` (refuses to touch a non-empty `out`)."""
+def backbone_from_run(run_dir: str | Path) -> tuple[Backbone, dict[str, Any]]:
+    """The EMA teacher backbone of the newest checkpoint of a run (the student of a distillation run),
+    LoRA adapters merged, and its preprocessing."""
+    from metadino.models.adapt import merge_lora
+
+    backbone, cfg = _run_backbone(run_dir)
+    return merge_lora(backbone), preprocessing_from_config(cfg, backbone)
+
+
+def _base_spec(spec: str) -> str:
+    """A backbone spec that still resolves from another working directory (local paths made absolute)."""
+    prefix = "hf:" if spec.startswith("hf:") else ""
+    ref = spec.removeprefix(prefix)
+    local = Path(ref).expanduser()
+    return prefix + str(local.resolve()) if local.is_dir() else spec
+
+
+def _write_adapter_export(backbone: Backbone, cfg: Config, out: Path) -> Path:
+    from metadino.models.adapt import save_adapter, strip_lora
+
+    lo, m = cfg.adapt.lora, cfg.model
+    base = "base" if m.backbone.startswith("builtin:") else _base_spec(m.backbone)
+    extra = {
+        "base": base,
+        "in_chans": m.in_chans,
+        "patch_size": backbone.patch_size,
+        "image_size": cfg.crops.global_size,
+        "channel_expansion": m.channel_expansion,
+        "backbone_config": backbone.config_dict(),
+    }
+    save_adapter(backbone, out, rank=lo.rank, alpha=lo.alpha, dropout=lo.dropout, train_norm=cfg.adapt.train_norm,
+                 extra=extra)
+    if base == "base":  # a random base cannot be rebuilt from its spec: keep it
+        import copy
+
+        strip_lora(copy.deepcopy(backbone)).save_pretrained(out / "base")
+    (out / PREPROCESSING_FILE).write_text(json.dumps(preprocessing_from_config(cfg, backbone), indent=2) + "\n")
+    return out
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, merge_lora: bool = True) -> Path:
+    """Write the teacher backbone of `run_dir` to `out` (refuses to touch a non-empty `out`).
+
+    LoRA runs: ``merge_lora=True`` folds the adapters into a plain model (transformers directory for HF
+    backbones); ``merge_lora=False`` writes the adapter only (see the module docstring).
+    """
     run_dir, out = Path(run_dir), Path(out)
     if not is_run_dir(run_dir):
         raise UserError(f"'{run_dir}' is not a metadino run directory (no config.yaml and checkpoints/).")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"'{out}' exists and is not empty; choose another --out or pass --overwrite.")
-    backbone, preprocessing = backbone_from_run(run_dir)
-    return write_export(backbone, out, preprocessing)
+    backbone, cfg = _run_backbone(run_dir)
+    if not merge_lora:
+        if cfg.adapt.mode != "lora":
+            raise UserError(f"an adapter-only export needs a LoRA run, but '{run_dir}' was trained with "
+                            f"adapt.mode: {cfg.adapt.mode}; export it without --adapter-only.")
+        return _write_adapter_export(backbone, cfg, out)
+    return write_export(backbone, out, preprocessing_from_config(cfg, backbone))
+
+
+def _load_adapter_export(directory: Path) -> tuple[Backbone, dict[str, Any]]:
+    from metadino.models.adapt import load_adapter_weights
+
+    try:
+        meta = json.loads((directory / METADINO_ADAPTER_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"'{directory / METADINO_ADAPTER_FILE}' cannot be read: {e}.") from None
+    base = str(directory / "base") if meta["base"] == "base" else meta["base"]
+    backbone = build_backbone(base, in_chans=meta["in_chans"], patch_size=meta["patch_size"],
+                              image_size=meta["image_size"], channel_expansion=meta["channel_expansion"])
+    load_adapter_weights(backbone, directory, source=str(directory))
+    pre = read_preprocessing(directory) or default_preprocessing(backbone)
+    return backbone.eval(), pre
 
 
 def load_model(spec: str) -> tuple[Backbone, dict[str, Any]]:
@@ -98,6 +173,8 @@ def load_model(spec: str) -> tuple[Backbone, dict[str, Any]]:
     ``hf:<id or dir>``, a bare local HF directory, or a bare hub id (offline cache)."""
     path = Path(spec)
     if path.is_dir():
+        if (path / METADINO_ADAPTER_FILE).is_file():
+            return _load_adapter_export(path)
         if is_run_dir(path):
             exported = path / "backbone"
             if (exported / PREPROCESSING_FILE).is_file():

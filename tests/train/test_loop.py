@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from testkit import tiny_config
+from testkit import tiny_config, write_image_table
 from metadino.config import config_from_dict
 from metadino.errors import UserError
 from metadino.losses.koleo import KoLeoLoss
@@ -184,3 +184,24 @@ def test_two_stage_heads_only_then_ramp(tmp_path, image_table):
     assert state[idx]["exp_avg_sq"].abs().sum() > 0
     after3 = torch.load(ckpts[2], weights_only=True)["task"]
     assert not torch.equal(after3["student.backbone.blocks.0.attn.qkv.weight"], init["blocks.0.attn.qkv.weight"])
+
+
+def _with_boxes(table, bad_row: int | None = None):
+    lines = table.read_text().splitlines()
+    out = [lines[0] + ",x0,y0,x1,y1"]
+    for i, line in enumerate(lines[1:]):
+        box = "30,2,12,20" if i == bad_row else ("4,4,20,20" if i % 2 == 0 else ",,,")
+        out.append(f"{line},{box}")
+    table.write_text("\n".join(out) + "\n")
+    return table
+
+
+def test_label_guided_crops_are_wired_into_training_and_bad_boxes_fail_before_compute(image_table, tmp_path):
+    lg = {"label_guided": {"share": 1.0, "bbox_columns": ["x0", "y0", "x1", "y1"]}}
+    cfg = config_from_dict(tiny_config(_with_boxes(image_table), crops=lg, train={"steps": 2, "checkpoint_every": 2}))
+    assert train(cfg, tmp_path / "run", progress=False).finished
+    bad_table = _with_boxes(write_image_table(tmp_path / "other"), bad_row=3)  # x0 30 > x1 12 in data row 4
+    cfg = config_from_dict(tiny_config(bad_table, crops=lg))
+    with pytest.raises(UserError, match=r"row 4.*x1|x1.*row 4"):
+        train(cfg, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad" / "checkpoints").exists()

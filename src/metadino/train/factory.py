@@ -5,14 +5,17 @@ from __future__ import annotations
 import copy
 
 from metadino.config import Config, GuideConfig, ModelConfig
+from metadino.errors import UserError
 from metadino.data.table import MetadataTable
 from metadino.data.targets import ColumnEncoder, build_encoder
 from metadino.guidance.guides import GuideSet, GuideSpec
 from metadino.guidance.heads import GuideHead, MLPClassifier, MLPRegressor, PrototypeBank
 from metadino.data.crops import MultiCropAugmentation
 from metadino.data.photometric import build_photometric
+from metadino.models.adapt import apply_lora, freeze_backbone
 from metadino.models.backbone import Backbone, build_backbone
 from metadino.models.heads import DINOHead
+from metadino.train.distill import build_distill_pair, check_teacher_compatible
 from metadino.train.task import SSLModel, SSLTask
 
 
@@ -29,6 +32,48 @@ def build_backbone_from_config(model: ModelConfig, *, image_size: int) -> Backbo
         num_registers=model.num_registers,
         channel_expansion=model.channel_expansion,
     )
+
+
+def adapt_backbone(cfg: Config, backbone: Backbone) -> None:
+    """Apply `adapt.mode` to the (student) backbone in place: LoRA adapters or frozen layers.
+
+    Frozen parameters get ``requires_grad=False``, so they never enter the optimizer; the stage flags
+    (heads_only_steps, train_patch_embed, freeze_tokens) act on the trainable ones only.
+    """
+    a = cfg.adapt
+    if a.mode == "full":
+        return
+    if cfg.stages.unfreeze_last_n_blocks > 0:
+        raise UserError(
+            f"config key 'stages.unfreeze_last_n_blocks': cannot be combined with adapt.mode: {a.mode} (both choose "
+            f"which blocks train); set it to 0 and use adapt.freeze_blocks = depth - N instead "
+            f"(this backbone has {backbone.depth} blocks)."
+        )
+    if a.freeze_blocks > backbone.depth:
+        raise UserError(f"config key 'adapt.freeze_blocks': {a.freeze_blocks} exceeds the {backbone.depth} blocks of "
+                        f"the backbone '{cfg.model.backbone}'; use at most {backbone.depth}.")
+    if a.mode == "freeze":
+        freeze_backbone(backbone, a.freeze_blocks)
+    else:
+        lo = a.lora
+        apply_lora(backbone, rank=lo.rank, alpha=lo.alpha, dropout=lo.dropout, targets=lo.target_modules,
+                   skip_blocks=a.freeze_blocks, train_norm=a.train_norm)
+
+
+def build_distill_teacher(cfg: Config) -> Backbone:
+    """The frozen distillation teacher of `ssl.distill.teacher` (eval mode, no gradients)."""
+    spec = cfg.ssl.distill.teacher
+    if spec is None:
+        raise ValueError("ssl.distill.teacher is not set")
+    if spec.startswith("builtin:"):
+        raise UserError(f"config key 'ssl.distill.teacher': {spec!r} is a randomly initialised model; a teacher "
+                        "must be pretrained: pass hf:<id or dir>, an export directory or a run directory.")
+    m = cfg.model
+    teacher = build_backbone(spec, in_chans=m.in_chans, patch_size=m.patch_size, image_size=cfg.crops.global_size,
+                             channel_expansion=m.channel_expansion)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
 
 
 def resolve_stages(cfg: Config) -> tuple[int, int]:
@@ -57,6 +102,7 @@ def build_augmentation(cfg: Config, patch_size: int) -> MultiCropAugmentation:
         patch_size=patch_size,
         mask_ratio=ibot.mask_ratio,
         mask_probability=ibot.mask_probability,
+        label_guided_share=c.label_guided.share,
     )
 
 
@@ -107,15 +153,27 @@ def build_guides(cfg: Config, encoders: dict[str, ColumnEncoder], *, embed_dim: 
     return GuideSet(specs, heads, conditioners, balance=gc.balance, balance_per_rank=gc.balance_per_rank)
 
 
-def build_task(cfg: Config, backbone: Backbone, guides: GuideSet | None = None) -> SSLTask:
-    """Student and teacher share the initial weights; heads come from `ssl.head` / `ssl.ibot.head`."""
+def build_task(
+    cfg: Config, backbone: Backbone, guides: GuideSet | None = None, *, distill_teacher: Backbone | None = None
+) -> SSLTask:
+    """Student and teacher share the initial weights; heads come from `ssl.head` / `ssl.ibot.head`.
+
+    `adapt.mode` is applied to `backbone` here (LoRA / freezing); frozen parameters are shared with the
+    EMA teacher rather than copied (identical by construction, half the memory). With
+    `ssl.distill.teacher` the teacher is the frozen model `distill_teacher` (built from the spec when None).
+    """
     s = cfg.ssl
+    adapt_backbone(cfg, backbone)
     if cfg.model.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
+    distill = s.distill.teacher is not None
+    if distill and distill_teacher is None:
+        distill_teacher = build_distill_teacher(cfg)
+    head_dim = distill_teacher.embed_dim if distill_teacher is not None else backbone.embed_dim
 
     def head(h) -> DINOHead:
         return DINOHead(
-            backbone.embed_dim, h.out_dim, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim, nlayers=h.nlayers,
+            head_dim, h.out_dim, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim, nlayers=h.nlayers,
             norm_last_layer=h.norm_last_layer,
         )
 
@@ -123,8 +181,14 @@ def build_task(cfg: Config, backbone: Backbone, guides: GuideSet | None = None) 
     ibot_head = None
     if s.method == "dinov2":
         ibot_head = head(s.ibot.head) if s.ibot.separate_head else dino_head
-    student = SSLModel(backbone, dino_head, ibot_head)
-    teacher = copy.deepcopy(student)
+    if distill_teacher is not None:
+        check_teacher_compatible(backbone, distill_teacher, spec=str(s.distill.teacher), uses_patch_targets=s.method == "dinov2",
+                                 crop_sizes=(cfg.crops.global_size,))
+        student, teacher = build_distill_pair(backbone, distill_teacher, dino_head, ibot_head)
+    else:
+        student = SSLModel(backbone, dino_head, ibot_head)
+        shared = {id(p): p for p in student.parameters() if not p.requires_grad}
+        teacher = copy.deepcopy(student, shared)
     return SSLTask(
         student,
         teacher,
@@ -141,4 +205,5 @@ def build_task(cfg: Config, backbone: Backbone, guides: GuideSet | None = None) 
         sigreg_num_slices=s.sigreg.num_slices,
         sigreg_reference_scaling=s.sigreg.reference_scaling,
         guides=guides,
+        distill=distill,
     )

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from metadino.config import RESUMABLE_CHANGES, Config, config_to_dict, diff_configs, save_config
 from metadino.data.dataset import SSLDataset, StepSampler, collate_crops
+from metadino.data.regions import load_regions
 from metadino.data.table import load_table
 from metadino.errors import UserError
 from metadino.export import preprocessing_from_config, write_export
@@ -34,6 +35,7 @@ from metadino.train.checkpoint import list_checkpoints, load_latest_checkpoint, 
 from metadino.train.distributed import DistInfo, all_ranks_true, barrier, init_distributed, is_dist, mean_across_ranks
 from metadino.data.targets import TableTargets, save_vocab
 from metadino.guidance.schedule import guidance_lambda
+from metadino.models.adapt import count_parameters
 from metadino.train.factory import (
     build_augmentation,
     build_backbone_from_config,
@@ -63,6 +65,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     peak_memory_mb: float = 0.0
     preempted: bool = False
+    trainable_params: int = 0
+    total_params: int = 0
 
     @property
     def finished(self) -> bool:
@@ -170,6 +174,8 @@ def _clip_groups(task: Any) -> dict[str, list[torch.nn.Parameter]]:
     groups = {"backbone": list(student.backbone.parameters()), "dino_head": list(student.dino_head.parameters())}
     if student.ibot_head is not None and student.ibot_head is not student.dino_head:
         groups["ibot_head"] = list(student.ibot_head.parameters())
+    if student.proj is not None:
+        groups["proj"] = list(student.proj.parameters())
     return {k: [p for p in v if p.requires_grad] for k, v in groups.items()}
 
 
@@ -204,6 +210,10 @@ def train(
         missing_values=cfg.data.missing_values,
     )
     encoders = build_encoders(cfg, table)  # checks guide columns before any compute
+    lg = cfg.crops.label_guided
+    regions = None
+    if lg.share > 0:  # DINO-LG regions: errors name the table row and column, before any compute
+        regions = load_regions(table, bbox_columns=lg.bbox_columns, mask_column=lg.mask_column, root=cfg.data.root)
     torch.manual_seed(cfg.train.seed)  # identical initial weights (and prototype banks) on every rank
     backbone = build_backbone_from_config(cfg.model, image_size=cfg.crops.global_size)
     for key, size in (("crops.global_size", cfg.crops.global_size), ("crops.local_size", cfg.crops.local_size)):
@@ -215,6 +225,8 @@ def train(
     heads = [("dino_head", task.student.dino_head)]
     if task.student.ibot_head is not None and task.student.ibot_head is not task.student.dino_head:
         heads.append(("ibot_head", task.student.ibot_head))
+    if task.student.proj is not None:
+        heads.append(("proj", task.student.proj))
     if guides is not None:
         heads.append(("guides", guides))
     groups = build_param_groups(
@@ -227,6 +239,9 @@ def train(
         unfreeze_last_n_blocks=cfg.stages.unfreeze_last_n_blocks,
     )
     optimizer = torch.optim.AdamW(groups, lr=0.0, betas=cfg.optim.betas)
+
+    trainable, total_params = count_parameters([task.student] + ([guides] if guides is not None else []))
+    bb_trainable, bb_total = count_parameters(task.student.backbone)
 
     fingerprint = table.fingerprint()
     start_step = 0
@@ -271,7 +286,9 @@ def train(
         world_size=info.world_size,
     )
     targets = TableTargets.from_table(table, encoders) if encoders else None
-    dataset = SSLDataset(table, augment, seed=cfg.train.seed, in_chans=cfg.model.in_chans, targets=targets)
+    dataset = SSLDataset(
+        table, augment, seed=cfg.train.seed, in_chans=cfg.model.in_chans, targets=targets, regions=regions
+    )
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -284,7 +301,10 @@ def train(
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
     clip_groups = _clip_groups(task)
     metrics_path = run_dir / "metrics.jsonl"
-    result = TrainResult(run_dir, start_step, start_step, total, 0.0)
+    result = TrainResult(run_dir, start_step, start_step, total, 0.0, trainable_params=trainable, total_params=total_params)
+    if progress and info.is_main:
+        print(f"trainable parameters: {trainable:,} of {total_params:,} ({100 * trainable / max(total_params, 1):.2f}%); "
+              f"backbone {bb_trainable:,} of {bb_total:,} (adapt.mode: {cfg.adapt.mode})", file=sys.stderr)
     global_batch = cfg.train.batch_size * info.world_size
     bar = tqdm(
         total=end_step,
@@ -368,7 +388,8 @@ def train(
     result.seconds = time.perf_counter() - t_start
     result.peak_memory_mb = _peak_memory_mb(device)
     if result.finished and info.is_main:
-        write_export(task.teacher.backbone, run_dir / "backbone", preprocessing_from_config(cfg, task.teacher.backbone))
+        exported = task.export_backbone  # EMA teacher, or the student when distilling; LoRA is merged on write
+        write_export(exported, run_dir / "backbone", preprocessing_from_config(cfg, exported))
     barrier()
     result.preempted = stop.requested
     return result

@@ -44,7 +44,10 @@ def build_param_groups(
 
     Backbone block i (of L) gets ``layer_decay ** (L + 1 - layer_id)``; the patch embedding and the
     learned tokens are layer 0, and additionally ``patch_embed_lr_mult`` for the patch embedding.
-    Heads train at multiplier 1. Parameters with ``requires_grad=False`` get no group (and no state).
+    Heads train at multiplier 1. Parameters with ``requires_grad=False`` get no group (and no state): this
+    is how ``adapt.mode`` freezing and LoRA's frozen base weights stay out of the optimizer. LoRA adapters
+    of block i (``...lora_A/lora_B...``) get block i's layer id and are weight-decayed like any weight
+    matrix, which pulls the adapted model towards its pretrained base.
 
     Stage flags (reference §8): every backbone parameter is ``stage_frozen`` except the patch embedding
     when ``train_patch_embed`` and the learned tokens when not ``freeze_tokens``; with

@@ -20,13 +20,19 @@ from metadino.models.heads import DINOHead
 
 
 class SSLModel(nn.Module):
-    """Backbone + DINO head (+ iBOT head). The student is wrapped by DDP as one module."""
+    """Backbone + DINO head (+ iBOT head). The student is wrapped by DDP as one module.
 
-    def __init__(self, backbone: Backbone, dino_head: DINOHead, ibot_head: DINOHead | None):
+    ``proj`` (distillation into a narrower student) maps backbone tokens to the heads' input width; the
+    returned ``global_cls`` stays the backbone's own CLS.
+    """
+
+    def __init__(self, backbone: Backbone, dino_head: DINOHead, ibot_head: DINOHead | None,
+                 proj: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.dino_head = dino_head
         self.ibot_head = ibot_head
+        self.proj = proj
 
     def forward(
         self, global_crops: Tensor, local_crops: Tensor | None, masks: Tensor | None, *, mask_inputs: bool
@@ -42,16 +48,25 @@ class SSLModel(nn.Module):
         cls = [g.cls]
         if local_crops is not None:
             cls.append(self.backbone(local_crops).cls)
-        logits, bottleneck = self.dino_head(torch.cat(cls), return_bottleneck=True)
+        feats = torch.cat(cls)
+        if self.proj is not None:
+            feats = self.proj(feats)
+        logits, bottleneck = self.dino_head(feats, return_bottleneck=True)
         out = {"global_cls": g.cls, "dino_logits": logits, "bottleneck": bottleneck[: g.cls.shape[0]]}
         if self.ibot_head is not None and masks is not None:
             # An empty selection still runs the head, so DDP sees every parameter used.
-            out["ibot_logits"] = self.ibot_head(g.patches[masks])
+            patches = g.patches[masks]
+            out["ibot_logits"] = self.ibot_head(self.proj(patches) if self.proj is not None else patches)
         return out
 
 
 class SSLTask(nn.Module):
-    """DINOv1 (DINO + softmax centering) or DINOv2 (DINO + iBOT + KoLeo, Sinkhorn-Knopp)."""
+    """DINOv1 (DINO + softmax centering) or DINOv2 (DINO + iBOT + KoLeo, Sinkhorn-Knopp).
+
+    With ``distill`` the teacher's backbone is a frozen, separate model (``train/distill.py``): the EMA
+    only reaches the teacher's heads, prototype banks learn from the student CLS, and the student is
+    the model that gets exported.
+    """
 
     def __init__(
         self,
@@ -71,8 +86,10 @@ class SSLTask(nn.Module):
         sigreg_num_slices: int = 1024,
         sigreg_reference_scaling: bool = False,
         guides: GuideSet | None = None,
+        distill: bool = False,
     ):
         super().__init__()
+        self.distill = distill
         self.student = student
         self.teacher = teacher
         for p in self.teacher.parameters():
@@ -170,15 +187,38 @@ class SSLTask(nn.Module):
             for name, value in contributions.items():
                 terms[f"guide/{name}"] = value
             total = total + guided
-            teacher_cls = targets["cls"].view(n_g, B, -1)
+            # Distillation: the frozen teacher's CLS lives in another space than the student's guides.
+            teacher_cls = (out["global_cls"].detach() if self.distill else targets["cls"]).view(n_g, B, -1)
             self._pending.append(lambda: self.guides.update(teacher_cls, batch))
         terms["total"] = total
         return terms
 
+    @property
+    def export_backbone(self) -> Backbone:
+        """The backbone a finished run exports: the EMA teacher's, or the student's when distilling."""
+        return self.student.backbone if self.distill else self.teacher.backbone
+
+    def ema_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """(teacher, student) parameters the EMA updates, matched by name: every trainable student
+        parameter except those shared with the teacher (frozen base weights under LoRA/freezing); with
+        ``distill`` only the heads (the teacher's backbone is frozen)."""
+        teacher = dict(self.teacher.named_parameters())
+        pairs = []
+        for name, s in self.student.named_parameters():
+            if not s.requires_grad or (self.distill and name.startswith("backbone.")):
+                continue
+            t = teacher.get(name)
+            if t is not None and t is not s:
+                pairs.append((t, s))
+        return pairs
+
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """EMA: teacher <- m * teacher + (1 - m) * student, for every parameter (matched by order)."""
-        t = [p for p in self.teacher.parameters()]
-        s = [p.detach() for p in self.student.parameters()]
+        """EMA: teacher <- m * teacher + (1 - m) * student, over :meth:`ema_pairs`."""
+        pairs = self.ema_pairs()
+        if not pairs:
+            return
+        t = [tp for tp, _ in pairs]
+        s = [sp.detach() for _, sp in pairs]
         torch._foreach_mul_(t, momentum)
         torch._foreach_add_(t, s, alpha=1.0 - momentum)
