@@ -58,6 +58,9 @@ class ModelConfig:
     """Built-in ViT heads override."""
     num_registers: int = 0
     """Register tokens of the built-in ViT."""
+    layerscale_init: float | None = 1e-5
+    """Built-in ViT LayerScale init: 1e-5 as DINOv2, null for none (DINOv1); short from-scratch runs learn faster
+    with larger values."""
     drop_path_rate: float = 0.1
     """Stochastic depth of the student (built-in ViT)."""
     channel_expansion: Literal["mean"] = "mean"
@@ -581,6 +584,7 @@ def validate(cfg: Config) -> None:
     if m.embed_dim is not None and m.num_heads is not None:
         _check(m.embed_dim % m.num_heads == 0, "model.embed_dim", f"{m.embed_dim} is not divisible by model.num_heads={m.num_heads}.")
     _check(m.num_registers >= 0, "model.num_registers", "must be >= 0.")
+    _check(m.layerscale_init is None or m.layerscale_init > 0, "model.layerscale_init", "must be > 0, or null for none.")
 
     _check(c.global_size >= 1, "crops.global_size", "must be positive.")
     _check(c.local_size >= 1, "crops.local_size", "must be positive.")

@@ -384,3 +384,15 @@ def test_hf_drop_path_rate_reaches_config(hf_dirs: dict[str, Path]) -> None:
     bb = build_backbone("hf:" + str(hf_dirs["dinov2"]), drop_path_rate=0.1)
     assert bb.model.config.drop_path_rate == 0.1
     assert any(type(m).__name__.endswith("DropPath") for m in bb.modules())
+
+
+def test_builtin_layerscale_init_is_configurable_and_survives_export(tmp_path: Path) -> None:
+    kw = dict(patch_size=8, image_size=32, embed_dim=32, depth=1, num_heads=2)
+    none = build_backbone("builtin:vit-tiny", layerscale_init=None, **kw)
+    assert not any(n.endswith("gamma") for n, _ in none.named_parameters())
+    big = build_backbone("builtin:vit-tiny", layerscale_init=0.5, **kw)
+    gammas = [p for n, p in big.named_parameters() if n.endswith("gamma")]
+    assert gammas and all(torch.all(g == 0.5) for g in gammas)
+    big.save_pretrained(tmp_path)
+    again = build_backbone(str(tmp_path))
+    assert all(torch.equal(a, b) for a, b in zip(big.state_dict().values(), again.state_dict().values()))

@@ -474,6 +474,7 @@ def build_backbone(
     num_heads: int | None = None,
     num_registers: int = 0,
     channel_expansion: str = "mean",
+    layerscale_init: float | None = 1e-5,
 ) -> Backbone:
     """Build a backbone from a spec.
 
@@ -488,6 +489,7 @@ def build_backbone(
             ``image_size`` sets the learned position-embedding grid, other sizes interpolate.
         drop_path_rate: stochastic depth (builtin: every block; HF: the config's ``drop_path_rate``).
         embed_dim, depth, num_heads: preset overrides; for checkpoints they must match or be None.
+        layerscale_init: builtin presets only: LayerScale init (1e-5 as DINOv2; None: no LayerScale, as DINOv1).
     """
     from metadino.models.vit import VIT_PRESETS, VisionTransformer
 
@@ -513,7 +515,7 @@ def build_backbone(
             raise UserError(f"image_size={image_size} must be >= patch_size={patch_size} >= 1")
         return VisionTransformer(in_chans=3 if in_chans is None else in_chans, patch_size=patch_size,
                                  image_size=image_size, drop_path_rate=drop_path_rate,
-                                 num_registers=num_registers, **arch)
+                                 num_registers=num_registers, layerscale_init=layerscale_init, **arch)
     if spec.startswith("hf:"):
         ref = spec.removeprefix("hf:").strip()
         if not ref:

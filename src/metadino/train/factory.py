@@ -31,6 +31,7 @@ def build_backbone_from_config(model: ModelConfig, *, image_size: int) -> Backbo
         num_heads=model.num_heads,
         num_registers=model.num_registers,
         channel_expansion=model.channel_expansion,
+        layerscale_init=model.layerscale_init,
     )
 
 
