@@ -1,8 +1,10 @@
 import json
+from pathlib import Path
 
 import pytest
 
-from metadino.demo import ROWS, run_demo
+from metadino.config import config_from_dict, config_to_dict, load_config
+from metadino.demo import ROWS, demo_config, guided_config, run_demo
 from metadino.errors import UserError
 
 
@@ -28,3 +30,11 @@ def test_demo_never_clears_a_folder_it_did_not_make(tmp_path):
     with pytest.raises(UserError, match="not made by metadino demo"):
         run_demo(tmp_path, quick=True)
     assert (tmp_path / "mine.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("name,build", [("demo.yaml", demo_config), ("demo_guided.yaml", guided_config)])
+def test_shipped_demo_configs_are_what_the_demo_trains(name, build):
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    shipped = config_to_dict(load_config(path))
+    expected = config_to_dict(config_from_dict(build(Path(shipped["data"]["table"]), steps=200, seed=0, quick=False)))
+    assert shipped == expected

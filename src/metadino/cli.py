@@ -118,7 +118,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
-    p.add_argument("--steps", type=int, default=None, help="training steps of each arm (default: 250, quick: 6)")
+    p.add_argument("--steps", type=int, default=None, help="training steps of each arm (default: 200, quick: 6)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny data and a few steps (for tests)")
 
