@@ -123,6 +123,7 @@ def test_attention_pooling_probe_runs_on_the_last_blocks_patch_tokens(setup):
         ({"label_column": "noise"}, "continuous"),
         ({"probes": ["svm"]}, "svm"),
         ({"leakage_columns": ["platez"]}, "platez"),
+        ({"leakage_columns": ["split"]}, "fewer than two distinct"),  # constant within the train rows
     ],
 )
 def test_bad_requests_fail_with_one_clear_message(setup, kw, message):
@@ -135,6 +136,7 @@ def test_an_unloadable_model_and_a_foreign_out_folder_are_refused(setup):
     table, model, tmp = setup
     with pytest.raises(UserError, match="model"):
         _eval(table, tmp / "missing_model", tmp / "out")
+    assert not (tmp / "out").exists()  # a failed eval leaves nothing behind
     (tmp / "mine").mkdir()
     (tmp / "mine" / "notes.txt").write_text("precious")
     with pytest.raises(UserError, match="not written by metadino eval"):

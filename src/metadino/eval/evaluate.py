@@ -191,10 +191,13 @@ def evaluate(
     by_name = {s.name: s for s in splits}
     overlap = set(by_name["train"].table.row_numbers) & set(by_name["test"].table.row_numbers)
     labels = build_labels(label_column, splits)
+    for column in leakage_columns:  # fail before any compute, not after feature extraction
+        if infer_column_kind(by_name["train"].table.frame[column]) == "constant":
+            raise UserError(f"--leakage-columns: '{column}' has fewer than two distinct values in the train rows; "
+                            "leakage of a constant column is undefined, drop it.")
+    backbone, pre = _load_model(model)
     out = Path(out)
     _prepare_out(out)
-
-    backbone, pre = _load_model(model)
     digest = weights_digest(backbone)
     cache = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir is not None else None)
     patch_blocks = min(ATTNPOOL_BLOCKS, backbone.depth) if "attnpool" in probes else 0
