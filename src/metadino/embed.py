@@ -10,37 +10,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from metadino.data.crops import eval_view
-from metadino.data.dataset import load_checked_image
-from metadino.data.photometric import Photometric, build_photometric
 from metadino.data.table import MetadataTable
 from metadino.errors import UserError
+from metadino.eval.features import extract
 from metadino.models.backbone import Backbone
 
 
-class EvalDataset(Dataset):
-    """Row i -> the deterministic evaluation view of its image (resize, centre crop, normalise)."""
-
-    def __init__(self, table: MetadataTable, preprocessing: dict[str, Any]):
-        self.table = table
-        self.size = int(preprocessing["image_size"])
-        self.in_chans = int(preprocessing["in_chans"])
-        self.photometric: Photometric = build_photometric(
-            preprocessing["photometric"], in_chans=self.in_chans, mean=preprocessing.get("mean"), std=preprocessing.get("std")
-        )
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        image = load_checked_image(self.table, index, self.in_chans)
-        return eval_view(image, self.size, self.photometric)
-
-
-@torch.no_grad()
 def extract_features(
     backbone: Backbone,
     table: MetadataTable,
@@ -52,15 +28,8 @@ def extract_features(
     progress: bool = True,
 ) -> torch.Tensor:
     """CLS embeddings [N, D] (fp32, CPU) of every row, in table order."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}.")
-    device = torch.device(device)
-    backbone = backbone.to(device).eval()
-    loader = DataLoader(EvalDataset(table, preprocessing), batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    out = []
-    for images in tqdm(loader, desc="embed", unit="batch", disable=not progress):
-        out.append(backbone(images.to(device)).cls.float().cpu())
-    return torch.cat(out) if out else torch.empty(0, backbone.embed_dim)
+    return extract(backbone, table, preprocessing, batch_size=batch_size, device=device, num_workers=num_workers,
+                   progress=progress, desc="embed").cls
 
 
 def check_output_path(out: str | Path) -> Path:

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from metadino.data.crops import MultiCropAugmentation
+from metadino.data.crops import MultiCropAugmentation, eval_view
 from metadino.data.images import load_image
+from metadino.data.photometric import Photometric, build_photometric
 from metadino.data.regions import TableRegions
 from metadino.data.seeding import make_generator
 from metadino.data.table import MetadataTable
@@ -159,3 +160,22 @@ class StepSampler(Sampler[list[tuple[int, int]]]):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start_step, self.total_steps):
             yield self.batch(step)
+
+
+class EvalDataset(Dataset):
+    """Row i -> the deterministic evaluation view of its image (resize, centre crop, normalise)."""
+
+    def __init__(self, table: MetadataTable, preprocessing: dict[str, Any]):
+        self.table = table
+        self.size = int(preprocessing["image_size"])
+        self.in_chans = int(preprocessing["in_chans"])
+        self.photometric: Photometric = build_photometric(
+            preprocessing["photometric"], in_chans=self.in_chans, mean=preprocessing.get("mean"), std=preprocessing.get("std")
+        )
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = load_checked_image(self.table, index, self.in_chans)
+        return eval_view(image, self.size, self.photometric)

@@ -23,8 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from metadino.data.dataset import EvalDataset
 from metadino.data.table import MetadataTable
-from metadino.embed import EvalDataset
 from metadino.errors import UserError
 from metadino.models.backbone import Backbone
 
