@@ -27,6 +27,27 @@ def write_image_table(folder: Path, n: int = 16, size: int = 40, channels: int =
     return table
 
 
+def tiny_hf_model(kind: str, **extra):
+    """A random 2-layer, 32-wide transformers model of one supported class (patch 8, 32 px), seeded.
+
+    kind: dinov2 (Dinov2Model), dinov2_reg (Dinov2WithRegistersModel, 2 registers), dinov3 (DINOv3ViTModel,
+    2 registers); MLP width 64. ``extra`` goes into the config (e.g. num_channels).
+    """
+    import torch
+    import transformers
+
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=32, **extra)
+    torch.manual_seed(0)
+    if kind == "dinov2":
+        return transformers.Dinov2Model(transformers.Dinov2Config(mlp_ratio=2, **common))
+    if kind == "dinov2_reg":
+        cfg = transformers.Dinov2WithRegistersConfig(mlp_ratio=2, num_register_tokens=2, **common)
+        return transformers.Dinov2WithRegistersModel(cfg)
+    if kind == "dinov3":
+        return transformers.DINOv3ViTModel(transformers.DINOv3ViTConfig(intermediate_size=64, num_register_tokens=2, **common))
+    raise ValueError(kind)
+
+
 def tiny_config(table: Path, **sections) -> dict:
     """A config dict for a 2-block, 32-wide ViT and tiny heads: a training step takes milliseconds."""
     head = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}

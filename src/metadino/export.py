@@ -170,7 +170,20 @@ def _load_adapter_export(directory: Path) -> tuple[Backbone, dict[str, Any]]:
 
 def load_model(spec: str) -> tuple[Backbone, dict[str, Any]]:
     """MODEL -> (backbone in eval mode, preprocessing). MODEL is a run directory, an export directory,
-    ``hf:<id or dir>``, a bare local HF directory, or a bare hub id (offline cache)."""
+    ``hf:<id or dir>``, a bare local HF directory, or a bare hub id (offline cache).
+
+    Any failure is a UserError naming MODEL (loaders raise OSError, ValueError, safetensors errors, ...).
+    """
+    try:
+        return _load_model(spec)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"model '{spec}' cannot be loaded: {type(e).__name__}: {e}; pass a run directory, an export "
+                        "directory or hf:<id or dir>.") from None
+
+
+def _load_model(spec: str) -> tuple[Backbone, dict[str, Any]]:
     path = Path(spec)
     if path.is_dir():
         if (path / METADINO_ADAPTER_FILE).is_file():

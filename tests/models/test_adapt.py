@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from testkit import tiny_hf_model
 from metadino.errors import UserError
 from metadino.models.adapt import (
     apply_lora,
@@ -31,22 +32,11 @@ transformers = pytest.importorskip("transformers")
 KINDS = ["builtin", "dinov2", "dinov2_reg", "dinov3"]
 
 
-def _hf_model(kind: str, **extra) -> nn.Module:
-    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=32, **extra)
-    torch.manual_seed(0)
-    if kind == "dinov2":
-        return transformers.Dinov2Model(transformers.Dinov2Config(mlp_ratio=2, **common))
-    if kind == "dinov2_reg":
-        return transformers.Dinov2WithRegistersModel(
-            transformers.Dinov2WithRegistersConfig(mlp_ratio=2, num_register_tokens=2, **common))
-    return transformers.DINOv3ViTModel(transformers.DINOv3ViTConfig(intermediate_size=64, num_register_tokens=2, **common))
-
-
 def _build(kind: str, **extra) -> Backbone:
     if kind == "builtin":
         torch.manual_seed(0)
         return build_backbone("builtin:vit-tiny", patch_size=8, image_size=32, embed_dim=32, depth=2, num_heads=2)
-    return HFBackbone(_hf_model(kind, **extra))
+    return HFBackbone(tiny_hf_model(kind, **extra))
 
 
 def _randomize_adapters(backbone: Backbone, seed: int = 1) -> None:

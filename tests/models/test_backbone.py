@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from testkit import tiny_hf_model
 from metadino.errors import UserError
 from metadino.models.backbone import (
     Backbone,
@@ -28,18 +29,7 @@ HF_CLASS = {"dinov2": "Dinov2Model", "dinov2_reg": "Dinov2WithRegistersModel", "
 
 
 def _tiny_hf(kind: str, num_channels: int = 3) -> torch.nn.Module:
-    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=32,
-                  num_channels=num_channels)
-    torch.manual_seed(0)
-    if kind == "dinov2":
-        return transformers.Dinov2Model(transformers.Dinov2Config(mlp_ratio=2, **common))  # intermediate 64
-    if kind == "dinov2_reg":
-        cfg = transformers.Dinov2WithRegistersConfig(mlp_ratio=2, num_register_tokens=2, **common)
-        return transformers.Dinov2WithRegistersModel(cfg)
-    if kind == "dinov3":
-        cfg = transformers.DINOv3ViTConfig(intermediate_size=64, num_register_tokens=2, **common)
-        return transformers.DINOv3ViTModel(cfg)
-    raise ValueError(kind)
+    return tiny_hf_model(kind, num_channels=num_channels)
 
 
 @pytest.fixture(scope="module")

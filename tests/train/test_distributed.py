@@ -20,6 +20,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun_train(cfg: dict, cfg_path, out, nproc: int = 2) -> None:
+    """`torchrun -m metadino train` on `nproc` gloo processes; the loop itself checks replicas at the end."""
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}", "-m", "metadino", "train", str(cfg_path), "--out", str(out), "--quiet",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def _losses(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -29,20 +41,11 @@ def test_two_process_ddp_matches_single_process_batch(tmp_path, image_table):
     # KoLeo is per-rank by design and drop-path draws differ per rank: switch both off so that
     # the global-batch objective is identical. Batch: 2 ranks x 3 == 1 process x 6.
     common = {"ssl": {"koleo_loss_weight": 0.0}, "model": {"drop_path_rate": 0.0}}
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     runs = {}
     for name, nproc, batch in (("ddp", 2, 3), ("single", 1, 6)):
         cfg = tiny_config(image_table, train={"steps": 3, "batch_size": batch, "log_every": 1, "checkpoint_every": 3}, **common)
         cfg["ssl"].update(common["ssl"])
-        cfg_path = tmp_path / f"{name}.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg))
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}", "-m", "metadino", "train", str(cfg_path), "--out", str(tmp_path / name), "--quiet",
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        # the loop itself verifies that replicas are identical at the end (it raises otherwise)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        _torchrun_train(cfg, tmp_path / f"{name}.yaml", tmp_path / name, nproc=nproc)
         runs[name] = _losses(tmp_path / name)
 
     ddp, single = runs["ddp"], runs["single"]
@@ -70,14 +73,8 @@ def test_two_process_guided_run_keeps_replicas_identical(tmp_path):
         {"column": "antibody", "head": "prototypical"},
         {"column": "plate", "role": "spurious", "hidden_dims": [16], "given": ["cell_line"]},
     ]}
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "metadino", "train", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     # the loop raises if any parameter (student, teacher, guide heads) differs across ranks at the end
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _torchrun_train(cfg, tmp_path / "cfg.yaml", tmp_path / "run")
     logged = _losses(tmp_path / "run")
     assert all("guide/plate/scale" in r for r in logged)
 
@@ -98,13 +95,7 @@ def test_two_process_lora_student_distilled_keeps_replicas_identical(tmp_path, i
                       adapt={"mode": "lora", "freeze_blocks": 1, "lora": {"dropout": 0.1}},
                       ssl={"distill": {"teacher": str(tmp_path / "teacher")}},
                       guidance={"guides": [{"column": "label", "head": "prototypical"}]})
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "metadino", "train", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr  # the loop checks replicas at the end
+    _torchrun_train(cfg, tmp_path / "cfg.yaml", tmp_path / "run")  # the loop checks replicas at the end
     state = load_latest_checkpoint(tmp_path / "run")["task"]
     assert all(torch.equal(state[f"teacher.backbone.{k}"], v) for k, v in teacher.state_dict().items())
     assert state["student.proj.weight"].shape == (48, 32)

@@ -630,13 +630,7 @@ def _model_features(model: str, meta: MetadataTable, *, batch_size: int, device:
     from metadino.embed import extract_features  # torch-heavy: imported only when a model is given
     from metadino.export import load_model
 
-    try:
-        backbone, preprocessing = load_model(model)
-    except UserError:
-        raise
-    except Exception as err:  # loaders raise many types (OSError, ValueError, safetensors errors, ...)
-        raise UserError(f"cannot load model '{model}': {type(err).__name__}: {err}; pass a run directory, an "
-                        f"export directory or hf:<id or dir>") from None
+    backbone, preprocessing = load_model(model)
     features = extract_features(backbone, meta, preprocessing, batch_size=batch_size, device=device, progress=progress)
     return features.numpy()
 

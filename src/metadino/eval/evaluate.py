@@ -25,6 +25,7 @@ from metadino.eval.knn import knn_predict
 from metadino.eval.leakage import leakage_table
 from metadino.eval.linear import carve_validation, fit_linear_probe
 from metadino.eval.metrics import classification_metrics, multilabel_metrics
+from metadino.export import load_model
 
 PROBES = ("knn", "linear", "attnpool")
 FEATURE_KINDS = ("cls", "cls+mean")
@@ -99,17 +100,6 @@ def _load_split(name: str, table: str | Path, rows: Mapping[str, Any], image_col
     if not rows:
         raise UserError(f"--{name}-rows is required, e.g. --{name}-rows split={name}.")
     return Split(name, load_table(table, image_column=image_column, root=root, rows=rows, required_columns=required))
-
-
-def _load_model(spec: str):
-    from metadino.export import load_model
-
-    try:
-        return load_model(spec)
-    except UserError:
-        raise
-    except Exception as e:  # e.g. a hub id that is not in the offline cache, a corrupt weight file
-        raise UserError(f"model '{spec}' cannot be loaded: {type(e).__name__}: {e}.") from None
 
 
 def _prepare_out(out: Path) -> None:
@@ -195,7 +185,7 @@ def evaluate(
         if infer_column_kind(by_name["train"].table.frame[column]) == "constant":
             raise UserError(f"--leakage-columns: '{column}' has fewer than two distinct values in the train rows; "
                             "leakage of a constant column is undefined, drop it.")
-    backbone, pre = _load_model(model)
+    backbone, pre = load_model(model)
     out = Path(out)
     _prepare_out(out)
     digest = weights_digest(backbone)
