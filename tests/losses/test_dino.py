@@ -62,3 +62,17 @@ def test_dino_finite_for_extreme_logits():
     assert all(torch.isfinite(v) for v in out.values())
     out["dino"].backward()
     assert torch.isfinite(student_g.grad).all() and torch.isfinite(student_l.grad.float()).all()
+
+
+def test_dino_and_sinkhorn_are_fp32_under_bf16_autocast():
+    # Autocast lowers einsum/matmul to bf16 even for fp32 inputs; the loss must not be quantised (a DINO term of
+    # ln 4096 = 8.318 used to be logged as 8.312).
+    gen = torch.Generator().manual_seed(0)
+    teacher_logits = torch.randn(2 * 8, 4096, generator=gen) * 0.05
+    student_g, student_l = torch.randn(2, 8, 4096, generator=gen) * 0.05, torch.randn(3, 8, 4096, generator=gen) * 0.05
+    expected = DINOLoss()(student_g, student_l, sinkhorn_knopp(teacher_logits, 0.07).view(2, 8, 4096))["dino"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        probs = sinkhorn_knopp(teacher_logits, 0.07).view(2, 8, 4096)
+        got = DINOLoss()(student_g, student_l, probs)["dino"]
+    assert probs.dtype == torch.float32 and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)

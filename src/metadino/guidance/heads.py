@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import abc
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 
 from metadino.errors import UserError
 from metadino.guidance.grl import scale_gradient
+from metadino.losses.precision import full_precision
 
 __all__ = ["GuideHead", "GuideOutput", "MLPClassifier", "MLPRegressor", "PrototypeBank"]
 
@@ -279,16 +279,6 @@ def _gather_global(feats: Tensor, labels: Tensor, valid: Tensor) -> tuple[Tensor
     return torch.cat(feats_all, dim=1), meta_cat[0], meta_cat[1].bool()
 
 
-@contextlib.contextmanager
-def _no_autocast(device: torch.device) -> Iterator[None]:
-    """The bank's similarities are fp32 in the reference (FSDP mixed precision, no autocast): keep them so."""
-    if torch.is_autocast_enabled(device.type):
-        with torch.autocast(device_type=device.type, enabled=False):
-            yield
-    else:
-        yield
-
-
 class PrototypeBank(GuideHead):
     """Prototypical contrastive head: ProtoNCE against EMA class centroids with per-class concentration φ.
 
@@ -346,7 +336,7 @@ class PrototypeBank(GuideHead):
         Returns:
             [..., C] logits.
         """
-        with _no_autocast(x.device):
+        with full_precision(x.device):  # fp32 similarities, as in the reference
             xh = F.normalize(scale_gradient(x, lam).float(), dim=-1)
             ch = F.normalize(self.centroids.detach().float(), dim=-1)
             phi = self.concentration.detach().float().clamp(min=self.phi_min)

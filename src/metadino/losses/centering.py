@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from metadino.losses.precision import full_precision
+
 __all__ = ["SoftmaxCenter", "sinkhorn_knopp"]
 
 
@@ -29,7 +31,6 @@ def _all_reduce(x: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM,
     return x
 
 
-@torch.no_grad()
 def sinkhorn_knopp(teacher_logits: Tensor, teacher_temp: float, n_iterations: int = 3,
                    group: dist.ProcessGroup | None = None) -> Tensor:
     """Sinkhorn-Knopp normalization of teacher logits (spec §7), exact across ranks.
@@ -43,7 +44,11 @@ def sinkhorn_knopp(teacher_logits: Tensor, teacher_temp: float, n_iterations: in
     Returns:
         [n, K] fp32 probabilities; every row sums to 1.
     """
-    logits = teacher_logits.float()
+    with torch.no_grad(), full_precision(teacher_logits.device):
+        return _sinkhorn_knopp(teacher_logits.float(), teacher_temp, n_iterations, group)
+
+
+def _sinkhorn_knopp(logits: Tensor, teacher_temp: float, n_iterations: int, group: dist.ProcessGroup | None) -> Tensor:
     n, k = logits.shape
     # Per-prototype max over the global batch: scaling row k of Q by a constant is cancelled exactly by the
     # first row normalization, so this only prevents exp() overflow (reference: no shift).
@@ -94,7 +99,8 @@ class SoftmaxCenter(nn.Module):
         Returns:
             [n, K] fp32 probabilities.
         """
-        return torch.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
+        with full_precision(teacher_logits.device):
+            return torch.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
 
     @torch.no_grad()
     def update(self, teacher_logits: Tensor, group: dist.ProcessGroup | None = None) -> None:

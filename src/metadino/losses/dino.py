@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metadino.losses.precision import full_precision
+
 __all__ = ["DINOLoss"]
 
 
@@ -24,9 +26,10 @@ class DINOLoss(nn.Module):
         self.ignore_diagonal = ignore_diagonal
 
     def _pair_sums(self, student: Tensor, teacher_probs: Tensor) -> Tensor:
-        """[n_s, n_t] matrix of Σ_{b,k} p_t log q_s (fp32, so bf16 logits stay accurate)."""
-        log_q = F.log_softmax(student.float() / self.student_temp, dim=-1)
-        return torch.einsum("sbk,tbk->st", log_q, teacher_probs.float())
+        """[n_s, n_t] matrix of Σ_{b,k} p_t log q_s, in fp32 under any autocast."""
+        with full_precision(student.device):
+            log_q = F.log_softmax(student.float() / self.student_temp, dim=-1)
+            return torch.einsum("sbk,tbk->st", log_q, teacher_probs.float())
 
     def forward(self, student_global: Tensor, student_local: Tensor | None,
                 teacher_probs: Tensor) -> dict[str, Tensor]:

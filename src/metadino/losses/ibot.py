@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metadino.losses.precision import full_precision
+
 __all__ = ["IBOTPatchLoss"]
 
 
@@ -40,6 +42,7 @@ class IBOTPatchLoss(nn.Module):
             return student_masked_logits.float().sum() * 0.0
         if n_images <= 0:
             raise ValueError(f"n_images must be positive when there are masked tokens, got {n_images}")
-        log_q = F.log_softmax(student_masked_logits.float() / self.student_temp, dim=-1)
-        per_token = torch.sum(teacher_probs.float() * log_q, dim=-1)
-        return -(per_token * masks_weight.float()).sum() / n_images
+        with full_precision(student_masked_logits.device):
+            log_q = F.log_softmax(student_masked_logits.float() / self.student_temp, dim=-1)
+            per_token = torch.sum(teacher_probs.float() * log_q, dim=-1)
+            return -(per_token * masks_weight.float()).sum() / n_images
