@@ -79,6 +79,8 @@ class HeadConfig:
     nlayers: int = 3
     norm_last_layer: bool = True
     """L2-normalised prototypes (DINOv1/v2 weight norm); false = plain linear prototypes as in DINOv3."""
+    batchnorm: bool = False
+    """Batch norm after each hidden layer of the MLP, over the global batch (DINOv1's use_bn_in_head)."""
 
 
 @dataclass

@@ -8,11 +8,15 @@ curves from its metrics.jsonl.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from metadino.config import read_yaml
+from metadino.errors import UserError
 
 PROBE_TITLES = {"knn": "weighted k-NN", "linear": "linear (logistic regression)", "attnpool": "attention pooling"}
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "multilabel_f1", "auroc", "worst_group_accuracy")
@@ -132,7 +136,16 @@ def read_metrics_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def plot_training_curves(path: Path, rows: list[dict]) -> Path | None:
+def _dino_out_dim(run_dir: Path) -> int | None:
+    """K of a run directory's DINO head, from its config.yaml (None when unreadable)."""
+    try:
+        return int(read_yaml(run_dir / "config.yaml")["ssl"]["head"]["out_dim"])
+    except (UserError, KeyError, TypeError, ValueError):
+        return None
+
+
+def plot_training_curves(path: Path, rows: list[dict], dino_out_dim: int | None = None) -> Path | None:
+    """SSL terms (with ln K, the DINO term of uniform targets, as a dashed line) and guide losses."""
     keys = [k for k in ("total", "dino", "ibot", "koleo", "sigreg") if any(k in r for r in rows)]
     guide_keys = sorted({k for r in rows for k in r if k.startswith("guide/") and k.endswith("/loss")})
     if not rows or not keys:
@@ -147,6 +160,10 @@ def plot_training_curves(path: Path, rows: list[dict]) -> Path | None:
                 ax.plot(*zip(*pts), label=k, lw=1)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
+    if dino_out_dim and "dino" in keys:
+        axes[0][0].axhline(math.log(dino_out_dim), color="grey", ls="--", lw=0.8,
+                           label=f"ln K = {math.log(dino_out_dim):.2f} (uniform DINO targets)")
+        axes[0][0].legend(fontsize=7)
     axes[0][0].set_title("SSL loss terms", fontsize=9)
     if guide_keys:
         axes[0][1].set_title("guide losses", fontsize=9)
@@ -206,7 +223,7 @@ def write_report(
         lines += [f"![confusion matrix ({shown_probe})](plots/confusion.png)", ""]
     run_metrics = Path(model) / "metrics.jsonl"
     if run_metrics.is_file():
-        if plot_training_curves(plots / "training.png", read_metrics_jsonl(run_metrics)):
+        if plot_training_curves(plots / "training.png", read_metrics_jsonl(run_metrics), _dino_out_dim(Path(model))):
             lines += ["![training curves](plots/training.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

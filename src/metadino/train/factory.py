@@ -175,7 +175,7 @@ def build_task(
     def head(h) -> DINOHead:
         return DINOHead(
             head_dim, h.out_dim, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim, nlayers=h.nlayers,
-            norm_last_layer=h.norm_last_layer,
+            norm_last_layer=h.norm_last_layer, batchnorm=h.batchnorm,
         )
 
     dino_head = head(s.head)

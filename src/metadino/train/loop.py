@@ -47,6 +47,7 @@ from metadino.train.factory import (
 from metadino.train.optim import apply_optim_schedule, build_param_groups
 from metadino.train.provenance import provenance
 from metadino.train.schedules import backbone_lr_scale, linear_warmup, warmup_cosine
+from metadino.train.watch import UniformTargetWatch
 
 
 class TrainingDiverged(UserError):
@@ -315,6 +316,7 @@ def train(
         dynamic_ncols=True,
         file=sys.stderr,
     )
+    watch = UniformTargetWatch(cfg.ssl.head.out_dim, window=min(100, max(total // 4, 10)))
     t_start = time.perf_counter()
     t_last = t_start
     images_since_log = 0
@@ -356,6 +358,9 @@ def train(
             step += 1
             images_since_log += global_batch
 
+            warning = watch.update(step, float(terms["dino"].detach())) if cfg.ssl.dino_loss_weight > 0 else None
+            if warning and info.is_main:
+                tqdm.write(warning, file=sys.stderr)
             loss = float(terms["total"].detach())
             if result.first_loss is None:
                 result.first_loss = loss

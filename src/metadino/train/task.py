@@ -112,6 +112,7 @@ class SSLTask(nn.Module):
         # finite, so a NaN batch can never poison persistent buffers.
         self.__dict__["_pending"] = []
         self.metrics: dict[str, float] = {}
+        self._dino_stats: dict[str, float] = {}
 
     def set_student_call(self, fn: Callable[..., dict[str, Tensor]]) -> None:
         self.__dict__["_student_call"] = fn
@@ -131,6 +132,12 @@ class SSLTask(nn.Module):
         else:
             probs = sinkhorn_knopp(logits, teacher_temp)
         targets = {"dino": probs, "cls": out["global_cls"]}
+        # Logged to see the uniform fixed point coming (train/watch.py): entropy of the targets (ln K when
+        # uniform) and the spread of the teacher's logits across prototypes.
+        self._dino_stats = {
+            "dino_target_entropy": float(-(probs * probs.clamp_min(1e-30).log()).sum(-1).mean()) if len(probs) else 0.0,
+            "dino_teacher_logit_std": float(logits.std(dim=-1).mean()) if len(logits) else 0.0,
+        }
         if "ibot_logits" in out:
             targets["ibot"] = sinkhorn_knopp(out["ibot_logits"].float(), teacher_temp)
         return targets
@@ -179,11 +186,12 @@ class SSLTask(nn.Module):
             per_crop = [self.koleo_loss(c) for c in out["global_cls"].float().chunk(n_g)]
             terms["koleo"] = torch.stack(per_crop).mean() * n_g
             total = total + self.weights["koleo"] * terms["koleo"]
-        self.metrics = {}
+        self.metrics = dict(self._dino_stats)
         if self.guides is not None:
             # Guides see the student CLS of the (masked) global crops, reference §0.1.
             cls = out["global_cls"].view(n_g, B, -1)
-            guided, contributions, self.metrics = self.guides(cls, student_global, batch, guide_lambda)
+            guided, contributions, guide_metrics = self.guides(cls, student_global, batch, guide_lambda)
+            self.metrics.update(guide_metrics)
             for name, value in contributions.items():
                 terms[f"guide/{name}"] = value
             total = total + guided

@@ -1,0 +1,51 @@
+"""A watch on the DINO (CLS) term: warn once when it sits at the uniform fixed point ln K.
+
+At that point the teacher's Sinkhorn-Knopp (or centred softmax) targets are uniform over the K prototypes,
+the DINO loss has no gradient left, and the CLS token is trained by iBOT and KoLeo alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["UniformTargetWatch"]
+
+
+@dataclass
+class UniformTargetWatch:
+    """Counts consecutive steps whose DINO term is within `margin` (relative) of ln K.
+
+    Args:
+        out_dim: K, the number of DINO prototypes.
+        window: consecutive steps at ln K before the warning.
+        margin: relative distance to ln K that still counts as "at ln K" (0.01 = 1 %).
+        skip: first steps never counted (the loss starts near ln K in every healthy run too).
+    """
+
+    out_dim: int
+    window: int = 100
+    margin: float = 0.01
+    skip: int = 20
+    warned: bool = False
+    _run: int = field(default=0, repr=False)
+
+    @property
+    def ln_k(self) -> float:
+        return math.log(self.out_dim)
+
+    def update(self, step: int, dino: float) -> str | None:
+        """Feed the DINO term of `step`; returns the warning text once, the first time the window fills."""
+        if step < self.skip:
+            return None
+        self._run = self._run + 1 if abs(dino - self.ln_k) <= self.margin * self.ln_k else 0
+        if self.warned or self._run < self.window:
+            return None
+        self.warned = True
+        return (
+            f"warning: the DINO (CLS) term has stayed at ln K = {self.ln_k:.3f} (within {100 * self.margin:.0f} %) for "
+            f"{self._run} steps up to step {step}: the teacher's targets are uniform over the {self.out_dim} prototypes "
+            "and the CLS token is not learning from it. Try ssl.head.batchnorm: true, ssl.teacher_temp: 0.04, "
+            "ssl.freeze_last_layer_steps of about 30 % of the run, or fewer prototypes (ssl.head.out_dim); "
+            "`metadino eval` on a labelled subset tells whether the CLS still improves."
+        )
