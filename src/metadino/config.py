@@ -79,8 +79,10 @@ class HeadConfig:
     nlayers: int = 3
     norm_last_layer: bool = True
     """L2-normalised prototypes (DINOv1/v2 weight norm); false = plain linear prototypes as in DINOv3."""
-    batchnorm: bool = False
-    """Batch norm after each hidden layer of the MLP, over the global batch (DINOv1's use_bn_in_head)."""
+    batchnorm: bool | None = None
+    """Batch norm after each hidden layer of the MLP, over the global batch (DINOv1's use_bn_in_head). Unset: on
+    for the DINO head, off for the iBOT head (not measured there). Without it the CLS tokens of a fresh network,
+    ~90 % alike, give the teacher uniform targets and the DINO term never leaves ln K (README)."""
 
 
 @dataclass
@@ -129,10 +131,12 @@ class SSLConfig:
     koleo_loss_weight: float = 0.1
     """KoLeo on the student CLS of the global crops (dinov2; 0 disables it)."""
     student_temp: float = 0.1
-    teacher_temp: float = 0.07
+    teacher_temp: float = 0.04
+    """DINOv1's default; DINOv2 warms up from 0.04 to 0.07. 0.07 from the first step left the targets of a fresh
+    network uniform in every measured small run."""
     warmup_teacher_temp: float = 0.04
     teacher_temp_warmup_steps: int = 0
-    """Linear teacher-temperature warm-up from warmup_teacher_temp (DINOv1 uses ~30 epochs)."""
+    """Linear teacher-temperature warm-up from warmup_teacher_temp (DINOv2: 30 of 100 epochs)."""
     center_momentum: float = 0.9
     """Softmax-centering momentum (dinov1)."""
     ignore_diagonal: bool = True
@@ -140,8 +144,10 @@ class SSLConfig:
     ema_momentum: float = 0.994
     """Teacher EMA momentum at step 0; cosine to ema_momentum_end at the last step."""
     ema_momentum_end: float = 1.0
-    freeze_last_layer_steps: int = 0
-    """Prototype layers get LR 0 for this many steps (stabilises the start)."""
+    freeze_last_layer_steps: int | None = None
+    """Prototype layers get LR 0 for this many steps. Unset: 30 % of the steps from scratch (builtin backbones), 2 %
+    from pretrained weights (FINO: 450 of 20 000). Trainable prototypes fold into a subspace early on, which flattens
+    the targets (README)."""
     sigreg: SIGRegConfig = field(default_factory=SIGRegConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
@@ -634,7 +640,7 @@ def validate(cfg: Config) -> None:
     for key in ("dino_loss_weight", "koleo_loss_weight"):
         _check(getattr(s, key) >= 0, f"ssl.{key}", "must be >= 0.")
     _check(s.ibot.loss_weight >= 0, "ssl.ibot.loss_weight", "must be >= 0.")
-    _check(s.teacher_temp_warmup_steps >= 0 and s.freeze_last_layer_steps >= 0, "ssl", "step counts must be >= 0.")
+    _check(s.teacher_temp_warmup_steps >= 0 and (s.freeze_last_layer_steps or 0) >= 0, "ssl", "step counts must be >= 0.")
 
     _check(o.lr >= 0 and o.min_lr >= 0, "optim.lr", "learning rates must be >= 0.")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0.")

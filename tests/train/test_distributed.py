@@ -53,9 +53,14 @@ def test_two_process_ddp_matches_single_process_batch(tmp_path, image_table):
     # per-rank means averaged == global mean. So every term agrees up to float summation order.
     for key in ("dino_local", "dino_global", "ibot", "total"):
         assert ddp[0][key] == pytest.approx(single[0][key], rel=1e-5, abs=1e-6), key
-    # Later steps follow the same trajectory (gradients averaged by DDP == single-process gradient).
+    # The first backward: DDP-averaged gradients == single-process gradients, through the DINO head's batch norm
+    # over the global batch too. (Its statistics over 6 near-identical tiny-network CLS tokens make the gradients
+    # large — norms ~4e4 before clipping — so float summation order shows up at ~1e-4.)
+    for key in ("grad_norm/backbone", "grad_norm/dino_head", "grad_norm/ibot_head"):
+        assert ddp[0][key] == pytest.approx(single[0][key], rel=3e-4), key
+    # Later steps follow the same trajectory; that conditioning amplifies rounding, hence the wider tolerance.
     for d, s in zip(ddp[1:], single[1:]):
-        assert d["total"] == pytest.approx(s["total"], rel=1e-3)
+        assert d["total"] == pytest.approx(s["total"], rel=2e-2)
     saved = yaml.safe_load((tmp_path / "ddp" / "config.yaml").read_text())
     assert saved["_run"]["world_size"] == 2
 

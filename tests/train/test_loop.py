@@ -64,7 +64,7 @@ def test_resume_in_new_process_is_bit_exact(tmp_path, image_table):
 
 
 def test_dinov1_softmax_center_is_checkpointed(tmp_path, image_table):
-    cfg = config_from_dict(tiny_config(image_table, ssl={"method": "dinov1", "teacher_temp_warmup_steps": 2}))
+    cfg = config_from_dict(tiny_config(image_table, ssl={"method": "dinov1", "teacher_temp": 0.07, "teacher_temp_warmup_steps": 2}))
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.finished and all(torch.isfinite(torch.tensor(h["total"])) for h in result.history)
     state = load_latest_checkpoint(tmp_path / "run")
@@ -205,3 +205,20 @@ def test_label_guided_crops_are_wired_into_training_and_bad_boxes_fail_before_co
     with pytest.raises(UserError, match=r"row 4.*x1|x1.*row 4"):
         train(cfg, tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_prototypes_stay_frozen_for_the_default_share_of_a_from_scratch_run(tmp_path, image_table):
+    # Unset ssl.freeze_last_layer_steps: 30 % of a from-scratch run (10 steps -> 3) with LR 0 on both prototype
+    # layers; the rest of the DINO head trains from the first step.
+    cfg = config_from_dict(tiny_config(image_table, train={"steps": 10, "checkpoint_every": 1, "keep_checkpoints": 20}))
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert [h["last_layer_lr"] == 0.0 for h in result.history] == [True] * 3 + [False] * 7
+
+    def weights(step: int, name: str) -> torch.Tensor:
+        path = tmp_path / "run" / "checkpoints" / f"step_{step:08d}.pt"
+        return torch.load(path, map_location="cpu", weights_only=False)["task"][name]
+
+    for layer in ("student.dino_head.last_layer.weight", "student.ibot_head.last_layer.weight"):
+        assert torch.equal(weights(1, layer), weights(3, layer)) and not torch.equal(weights(3, layer), weights(4, layer))
+    first_mlp = "student.dino_head.mlp.0.weight"
+    assert not torch.equal(weights(1, first_mlp), weights(2, first_mlp))

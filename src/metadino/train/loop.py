@@ -42,6 +42,7 @@ from metadino.train.factory import (
     build_encoders,
     build_guides,
     build_task,
+    resolve_freeze_last_layer,
     resolve_stages,
 )
 from metadino.train.optim import apply_optim_schedule, build_param_groups
@@ -99,7 +100,7 @@ def schedule_values(cfg: Config, step: int) -> dict[str, float]:
         "guide_lambda": guidance_lambda(step, total, lam.schedule, lam.warmup_steps),
         "backbone_scale": backbone_lr_scale(step, heads_only_steps=heads_only, ramp_steps=ramp),
         "lr": lr,
-        "last_layer_lr": 0.0 if step < s.freeze_last_layer_steps else lr,
+        "last_layer_lr": 0.0 if step < resolve_freeze_last_layer(cfg) else lr,
         "weight_decay": warmup_cosine(step, total=total, peak=o.weight_decay, end=o.weight_decay_end),
         "momentum": warmup_cosine(step, total=total, peak=s.ema_momentum, end=s.ema_momentum_end),
         "teacher_temp": linear_warmup(step, start=s.warmup_teacher_temp, end=s.teacher_temp, warmup=s.teacher_temp_warmup_steps),

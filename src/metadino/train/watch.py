@@ -45,7 +45,7 @@ class UniformTargetWatch:
         return (
             f"warning: the DINO (CLS) term has stayed at ln K = {self.ln_k:.3f} (within {100 * self.margin:.0f} %) for "
             f"{self._run} steps up to step {step}: the teacher's targets are uniform over the {self.out_dim} prototypes "
-            "and the CLS token is not learning from it. Try ssl.head.batchnorm: true, ssl.teacher_temp: 0.04, "
-            "ssl.freeze_last_layer_steps of about 30 % of the run, or fewer prototypes (ssl.head.out_dim); "
+            "and the CLS token is not learning from it. Keep ssl.head.batchnorm: true, lower ssl.teacher_temp (0.025), "
+            "freeze the prototypes longer (ssl.freeze_last_layer_steps), or raise train.batch_size; "
             "`metadino eval` on a labelled subset tells whether the CLS still improves."
         )
