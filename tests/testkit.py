@@ -163,3 +163,9 @@ def write_tiny_model(folder: Path, seed: int = 0, depth: int = 2) -> Path:
                 p.fill_(1.0)
     pre = {**default_preprocessing(backbone), "image_size": 32}
     return write_export(backbone.eval(), folder, pre)
+
+
+def rank_part(x, split: tuple[int, ...], rank: int):
+    """Rank `rank`'s rows of `x` when the rows are split into consecutive runs of `split[r]` rows per rank."""
+    start = sum(split[:rank])
+    return x[start:start + split[rank]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from testkit import join_group, launch_ranks, leave_group
+from testkit import join_group, launch_ranks, leave_group, rank_part
 import torch
 from torch import nn
 
@@ -41,32 +41,27 @@ def _linear() -> nn.Linear:
     return nn.Linear(8, 16)
 
 
-def _part(x: torch.Tensor, split: tuple[int, ...], rank: int) -> torch.Tensor:
-    start = sum(split[:rank])
-    return x[start:start + split[rank]]
-
-
 def _worker(rank: int, init_file: str, in_path: str, out_path: str) -> None:
     join_group(rank, init_file, WORLD)
     data = torch.load(in_path, weights_only=True)
     out: dict[str, torch.Tensor] = {}
     for name, split in SK_SPLITS.items():
-        out[f"sk/{name}"] = sinkhorn_knopp(_part(data["sk"], split, rank), TEMP)
+        out[f"sk/{name}"] = sinkhorn_knopp(rank_part(data["sk"], split, rank), TEMP)
 
     center = SoftmaxCenter(64)
     for i, split in enumerate(CENTER_SPLITS):
-        center.update(_part(data[f"center{i}"], split, rank))
+        center.update(rank_part(data[f"center{i}"], split, rank))
     out["center"] = center.center.clone()
 
     for mode, split in SIG_SPLITS.items():
         sig = SIGReg(num_slices=SIG_SLICES, reference_scaling=mode == "ref")
-        z = _part(data["z"], split, rank).clone().requires_grad_()
+        z = rank_part(data["z"], split, rank).clone().requires_grad_()
         loss = sig(z, seed_step=SIG_SEED)
         loss.backward()
         out[f"sig/{mode}/loss"], out[f"sig/{mode}/grad_z"] = loss.detach(), z.grad
         # Real DDP on a linear layer: its parameter gradient is the mean over ranks.
         model = nn.parallel.DistributedDataParallel(_linear())
-        sig(model(_part(data["x"], split, rank)), seed_step=SIG_SEED).backward()
+        sig(model(rank_part(data["x"], split, rank)), seed_step=SIG_SEED).backward()
         out[f"sig/{mode}/grad_w"] = model.module.weight.grad.clone()
         del model  # free DDP (it holds the process group) before the group is destroyed
     leave_group(out, out_path)
@@ -116,7 +111,7 @@ def test_sigreg_differentiable_gives_global_batch_gradient(rank_outputs):
     split = SIG_SPLITS["diff"]
     for r, out in enumerate(rank_outputs):
         torch.testing.assert_close(out["sig/diff/loss"], loss, atol=1e-7, rtol=1e-5)
-        torch.testing.assert_close(out["sig/diff/grad_z"] / WORLD, _part(grad_z, split, r), atol=1e-9, rtol=1e-4)
+        torch.testing.assert_close(out["sig/diff/grad_z"] / WORLD, rank_part(grad_z, split, r), atol=1e-9, rtol=1e-4)
         torch.testing.assert_close(out["sig/diff/grad_w"], grad_w, atol=1e-8, rtol=1e-4)
 
 
@@ -127,7 +122,7 @@ def test_sigreg_reference_scaling_gives_one_over_w(rank_outputs):
     split = SIG_SPLITS["ref"]
     for r, out in enumerate(rank_outputs):
         torch.testing.assert_close(out["sig/ref/loss"], loss, atol=1e-7, rtol=1e-5)
-        torch.testing.assert_close(out["sig/ref/grad_z"], _part(grad_z, split, r), atol=1e-9, rtol=1e-4)
+        torch.testing.assert_close(out["sig/ref/grad_z"], rank_part(grad_z, split, r), atol=1e-9, rtol=1e-4)
         torch.testing.assert_close(out["sig/ref/grad_w"], grad_w / WORLD, atol=1e-8, rtol=1e-4)
 
 

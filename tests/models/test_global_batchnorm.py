@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from testkit import join_group, launch_ranks, leave_group
+from testkit import join_group, launch_ranks, leave_group, rank_part
 import torch
 from torch import nn
 
@@ -78,19 +78,14 @@ def test_dino_head_batchnorm_removes_the_shared_component():
     assert sum(isinstance(m, GlobalBatchNorm) for m in head.mlp) == 2  # after each hidden layer, not the last
 
 
-def _part(x: torch.Tensor, split: tuple[int, ...], rank: int) -> torch.Tensor:
-    start = sum(split[:rank])
-    return x[start:start + split[rank]]
-
-
 def _worker(rank: int, init_file: str, in_path: str, out_path: str) -> None:
     join_group(rank, init_file, WORLD)
     data = torch.load(in_path, weights_only=True)
     out: dict[str, torch.Tensor] = {}
     for name, split in SPLITS.items():
-        bn, x = _bn(), _part(data["x"], split, rank).clone().requires_grad_()
+        bn, x = _bn(), rank_part(data["x"], split, rank).clone().requires_grad_()
         y = bn(x)
-        (y * _part(data["c"], split, rank)).sum().backward()
+        (y * rank_part(data["c"], split, rank)).sum().backward()
         out[f"{name}/y"], out[f"{name}/grad_x"] = y.detach(), x.grad
         out[f"{name}/grad_w"], out[f"{name}/grad_b"] = bn.weight.grad, bn.bias.grad
     leave_group(out, out_path)
