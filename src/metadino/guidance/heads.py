@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from metadino.errors import UserError
 from metadino.guidance.grl import scale_gradient
-from metadino.losses.precision import full_precision
+from metadino.precision import full_precision
 
 __all__ = ["GuideHead", "GuideOutput", "MLPClassifier", "MLPRegressor", "PrototypeBank"]
 

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from metadino.losses.precision import full_precision
+from metadino.precision import full_precision
 
 __all__ = ["SoftmaxCenter", "sinkhorn_knopp"]
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metadino.losses.precision import full_precision
+from metadino.precision import full_precision
 
 __all__ = ["DINOLoss"]
 

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from metadino.losses.precision import full_precision
+from metadino.precision import full_precision
 
 __all__ = ["GlobalBatchNorm"]
 

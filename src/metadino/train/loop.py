@@ -370,7 +370,7 @@ def train(
             if step % cfg.train.log_every == 0 or step == end_step:
                 now = time.perf_counter()
                 values = {k: float(v.detach()) for k, v in terms.items()}
-                values = mean_across_ranks({**values, **task.metrics}, device)
+                values = mean_across_ranks({**values, **{k: float(v) for k, v in task.metrics.items()}}, device)
                 record = {"step": step, **values, **sched, **grad_norms, "images_per_s": images_since_log / max(now - t_last, 1e-9)}
                 t_last, images_since_log = now, 0
                 result.history.append(record)

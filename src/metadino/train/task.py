@@ -111,8 +111,8 @@ class SSLTask(nn.Module):
         # Teacher-side state updates (softmax centre, prototype banks) wait until the step is known to be
         # finite, so a NaN batch can never poison persistent buffers.
         self.__dict__["_pending"] = []
-        self.metrics: dict[str, float] = {}
-        self._dino_stats: dict[str, float] = {}
+        self.metrics: dict[str, float | Tensor] = {}  # logging-only scalars; 0-d tensors are read when logged
+        self._dino_stats: dict[str, Tensor] = {}
 
     def set_student_call(self, fn: Callable[..., dict[str, Tensor]]) -> None:
         self.__dict__["_student_call"] = fn
@@ -133,10 +133,10 @@ class SSLTask(nn.Module):
             probs = sinkhorn_knopp(logits, teacher_temp)
         targets = {"dino": probs, "cls": out["global_cls"]}
         # Logged to see the uniform fixed point coming (train/watch.py): entropy of the targets (ln K when
-        # uniform) and the spread of the teacher's logits across prototypes.
+        # uniform) and the spread of the teacher's logits across prototypes. Tensors: read only on logged steps.
         self._dino_stats = {
-            "dino_target_entropy": float(-(probs * probs.clamp_min(1e-30).log()).sum(-1).mean()) if len(probs) else 0.0,
-            "dino_teacher_logit_std": float(logits.std(dim=-1).mean()) if len(logits) else 0.0,
+            "dino_target_entropy": -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean(),
+            "dino_teacher_logit_std": logits.std(dim=-1).mean(),
         }
         if "ibot_logits" in out:
             targets["ibot"] = sinkhorn_knopp(out["ibot_logits"].float(), teacher_temp)

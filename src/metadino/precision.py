@@ -1,4 +1,7 @@
-"""fp32 regions inside autocast: losses, softmax and Sinkhorn-Knopp never run in bf16/fp16."""
+"""fp32 regions inside autocast: losses, softmax, Sinkhorn-Knopp and batch statistics never run in bf16/fp16.
+
+A base-layer helper (like `errors`): losses, models and guidance all use it.
+"""
 
 from __future__ import annotations
 
