@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -222,3 +223,24 @@ def test_prototypes_stay_frozen_for_the_default_share_of_a_from_scratch_run(tmp_
         assert torch.equal(weights(1, layer), weights(3, layer)) and not torch.equal(weights(3, layer), weights(4, layer))
     first_mlp = "student.dino_head.mlp.0.weight"
     assert not torch.equal(weights(1, first_mlp), weights(2, first_mlp))
+
+
+def test_loop_feeds_the_uniform_target_watch_and_prints_its_warning_once(tmp_path, image_table, capsys, monkeypatch):
+    # Every step counts as "at ln K" (margin 1000 %), so the watch fills its window after skip + window steps.
+    import metadino.train.loop as loop
+    from metadino.train.watch import UniformTargetWatch
+
+    fed = []
+
+    class Everything(UniformTargetWatch):
+        def update(self, step, dino):
+            fed.append((step, dino))
+            return super().update(step, dino)
+
+    monkeypatch.setattr(loop, "UniformTargetWatch", lambda k, window: Everything(k, window=window, margin=10.0, skip=2))
+    cfg = config_from_dict(tiny_config(image_table, train={"steps": 30, "checkpoint_every": 30, "log_every": 10}))
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert [s for s, _ in fed] == list(range(1, 31))  # the step count after each step, as logged
+    assert fed[-1][1] == pytest.approx(result.history[-1]["dino"])
+    err = capsys.readouterr().err
+    assert err.count(f"warning: the DINO (CLS) term has stayed at ln K = {math.log(64):.3f}") == 1
