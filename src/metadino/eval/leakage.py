@@ -105,7 +105,8 @@ def multilabel_separator(values: Sequence[Any]) -> str:
     return MULTILABEL_SEPARATORS[0]
 
 
-def _fold_note(column: str, dropped: dict[str, int], folds: int) -> str:
+def fold_note(column: str, dropped: dict[str, int], folds: int) -> str:
+    """One sentence naming the values (with their row counts) left out because they have fewer than `folds` rows."""
     if not dropped:
         return ""
     shown = ", ".join(f"{k} ({v})" for k, v in list(dropped.items())[:8])
@@ -115,13 +116,54 @@ def _fold_note(column: str, dropped: dict[str, int], folds: int) -> str:
             f"({rows} rows): {shown}{more}")
 
 
-def _quiet_predict(probe: Pipeline, x: np.ndarray, y: np.ndarray, cv: Any) -> np.ndarray:
+def cv_predict(probe: Pipeline, x: np.ndarray, y: np.ndarray, cv: Any) -> np.ndarray:
+    """Out-of-fold predictions of `probe`, without convergence warnings (max_iter bounds the run time)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter bounds run time; near-optimum is enough
         return cross_val_predict(probe, x, y, cv=cv)
 
 
-def _categorical(x: np.ndarray, cells: list[Any], column: str, folds: int, seed: int) -> Leakage:
+def blas_threads(x: np.ndarray) -> Any:
+    """Context: one BLAS thread for small problems, where thread hand-offs cost more than they save
+    (and stall badly on a busy machine); the library default for large ones."""
+    return threadpool_limits(limits=1 if x.size <= SINGLE_THREAD_MAX_SIZE else None, user_api="blas")
+
+
+def check_features(features: np.ndarray, n_rows: int, column: str) -> np.ndarray:
+    """`features` as float64 [N, D]; ValueError (a programming error) on a wrong shape or non-finite values."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be [N, D], got shape {x.shape}")
+    if n_rows != x.shape[0]:
+        raise ValueError(f"features have {x.shape[0]} rows but column '{column}' has {n_rows}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("features contain NaN or infinite values")
+    return x
+
+
+@dataclass
+class FoldClasses:
+    """A categorical column encoded for `folds`-fold stratified probing.
+
+    Attributes:
+        keep: [N] rows whose class has at least ``folds`` rows.
+        y: int64 class ids of the kept rows, indexing `classes`.
+        classes: the kept classes, sorted.
+        dropped: the left-out classes and their row counts.
+    """
+
+    keep: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+    dropped: dict[str, int]
+
+
+def fold_classes(cells: Sequence[Any], column: str, folds: int) -> FoldClasses:
+    """Canonical class labels of known `cells`, with classes of fewer than `folds` rows left out.
+
+    Raises:
+        UserError: fewer than two classes with at least `folds` rows, naming the column.
+    """
     labels = np.asarray([category_label(v) for v in cells], dtype=object)
     names, counts = np.unique(labels, return_counts=True)
     dropped = {str(n): int(c) for n, c in zip(names, counts) if c < folds}
@@ -134,30 +176,45 @@ def _categorical(x: np.ndarray, cells: list[Any], column: str, folds: int, seed:
         )
     keep = np.isin(labels, kept)
     y = np.searchsorted(np.asarray(kept, dtype=object), labels[keep]).astype(np.int64)
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    pred = _quiet_predict(make_probe("categorical"), x[keep], y, cv)
-    return Leakage(column=column, kind="categorical", metric="balanced_accuracy",
-                   value=float(balanced_accuracy_score(y, pred)), chance=1.0 / len(kept), n_rows=int(keep.sum()),
-                   n_classes=len(kept), folds=folds, dropped_classes=tuple(dropped),
-                   note=_fold_note(column, dropped, folds))
+    return FoldClasses(keep=keep, y=y, classes=kept, dropped=dropped)
 
 
-def _continuous(x: np.ndarray, cells: list[Any], column: str, folds: int, seed: int) -> Leakage:
+def continuous_targets(cells: Sequence[Any], column: str, folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """(finite-row mask [N], float targets of those rows) of a continuous column.
+
+    Raises:
+        UserError: a non-number, fewer than ``2 * folds`` finite rows, or a constant column, naming the column.
+    """
     try:
         y = np.asarray([float(v) for v in cells], dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise UserError(f"column '{column}' was probed as continuous but holds a non-number ({err}); "
                         f"pass kind='categorical' or fix the cells") from None
     finite = np.isfinite(y)
-    x, y = x[finite], y[finite]
+    y = y[finite]
     if len(y) < 2 * folds:
         raise UserError(f"column '{column}' has only {len(y)} rows with a known value; a {folds}-fold leakage "
                         f"probe needs at least {2 * folds}")
     if np.ptp(y) == 0:
         raise UserError(f"column '{column}' is constant over its known rows; leakage of a constant is undefined, "
                         f"leave it out")
+    return finite, y
+
+
+def _categorical(x: np.ndarray, cells: list[Any], column: str, folds: int, seed: int) -> Leakage:
+    enc = fold_classes(cells, column, folds)
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    pred = cv_predict(make_probe("categorical"), x[enc.keep], enc.y, cv)
+    return Leakage(column=column, kind="categorical", metric="balanced_accuracy",
+                   value=float(balanced_accuracy_score(enc.y, pred)), chance=1.0 / len(enc.classes),
+                   n_rows=int(enc.keep.sum()), n_classes=len(enc.classes), folds=folds,
+                   dropped_classes=tuple(enc.dropped), note=fold_note(column, enc.dropped, folds))
+
+
+def _continuous(x: np.ndarray, cells: list[Any], column: str, folds: int, seed: int) -> Leakage:
+    finite, y = continuous_targets(cells, column, folds)
     cv = KFold(folds, shuffle=True, random_state=seed)
-    pred = _quiet_predict(make_probe("continuous"), x, y, cv)
+    pred = cv_predict(make_probe("continuous"), x[finite], y, cv)
     return Leakage(column=column, kind="continuous", metric="r2", value=float(r2_score(y, pred)), chance=0.0,
                    n_rows=len(y), n_classes=None, folds=folds)
 
@@ -176,12 +233,12 @@ def _multilabel(x: np.ndarray, cells: list[Any], column: str, folds: int, seed: 
             dropped[name] = min(pos, n - pos)
             continue
         cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-        pred = _quiet_predict(make_probe("multilabel"), x, y, cv)
+        pred = cv_predict(make_probe("multilabel"), x, y, cv)
         scores.append(float(balanced_accuracy_score(y, pred)))
     if not scores:
         raise UserError(f"column '{column}' has no label that is both present and absent in at least {folds} "
                         f"rows; a leakage probe needs one — leave the column out or use fewer folds")
-    note = _fold_note(column, dropped, folds).replace("value(s)", "label(s)").replace("rows were", "rows (present or absent) were")
+    note = fold_note(column, dropped, folds).replace("value(s)", "label(s)").replace("rows were", "rows (present or absent) were")
     return Leakage(column=column, kind="multilabel", metric="mean_balanced_accuracy", value=float(np.mean(scores)),
                    chance=0.5, n_rows=n, n_classes=len(scores), folds=folds, dropped_classes=tuple(dropped), note=note)
 
@@ -208,13 +265,7 @@ def column_leakage(
     Raises:
         UserError: a constant column, too few rows, or too few classes with ``folds`` rows, naming the column.
     """
-    x = np.asarray(features, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"features must be [N, D], got shape {x.shape}")
-    if len(values) != x.shape[0]:
-        raise ValueError(f"features have {x.shape[0]} rows but column '{column}' has {len(values)}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("features contain NaN or infinite values")
+    x = check_features(features, len(values), column)
     if folds < 2:
         raise UserError(f"leakage needs at least 2 folds, got {folds}")
     kind = infer_column_kind(values) if kind is None else kind
@@ -227,8 +278,7 @@ def column_leakage(
     known = np.asarray([not is_missing(v) for v in cells], dtype=bool)
     known_cells = [v for v, k in zip(cells, known) if k]
     probe = {"categorical": _categorical, "continuous": _continuous, "multilabel": _multilabel}[kind]
-    # Small problems: BLAS thread hand-offs cost more than they save (and stall badly on a busy machine).
-    with threadpool_limits(limits=1 if x.size <= SINGLE_THREAD_MAX_SIZE else None, user_api="blas"):
+    with blas_threads(x):
         return probe(x[known], known_cells, column, folds, seed)
 
 
@@ -259,4 +309,5 @@ def leakage_table(
     return out
 
 
-__all__ = ["KINDS", "Leakage", "column_leakage", "leakage_table", "make_probe"]
+__all__ = ["KINDS", "FoldClasses", "Leakage", "blas_threads", "category_label", "check_features", "column_leakage",
+           "continuous_targets", "cv_predict", "fold_classes", "fold_note", "is_missing", "leakage_table", "make_probe"]
