@@ -1,9 +1,10 @@
-"""metadino.losses: SSL losses (DINO, iBOT, KoLeo, SIGReg) and teacher centering."""
+"""metadino.losses: SSL losses (DINO, iBOT, KoLeo, SIGReg, Gram anchoring) and teacher centering."""
 
 from __future__ import annotations
 
 from metadino.losses.centering import SoftmaxCenter, sinkhorn_knopp
 from metadino.losses.dino import DINOLoss
+from metadino.losses.gram import GramLoss
 from metadino.losses.ibot import IBOTPatchLoss
 from metadino.losses.koleo import KoLeoLoss
 from metadino.losses.sigreg import DEFAULT_SIGREG_SEED, SIGReg
@@ -11,6 +12,7 @@ from metadino.losses.sigreg import DEFAULT_SIGREG_SEED, SIGReg
 __all__ = [
     "DEFAULT_SIGREG_SEED",
     "DINOLoss",
+    "GramLoss",
     "IBOTPatchLoss",
     "KoLeoLoss",
     "SIGReg",
