@@ -156,3 +156,32 @@ def test_adaptation_and_label_guided_rules_name_the_key(sections, key):
     with pytest.raises(UserError) as e:
         make(**sections)
     assert f"'{key}'" in str(e.value)
+
+
+def test_gram_ema_balancing_and_lambda_start_defaults_keep_the_released_behaviour():
+    cfg = make()
+    assert cfg.ssl.gram.weight == 0.0 and cfg.ssl.gram.clip_negatives == "none"
+    assert cfg.guidance.balance_momentum == 0.0 and cfg.guidance.lambda_.start == "step0"
+    paper = make(ssl={"gram": {"weight": 1.0, "clip_negatives": "teacher"}},
+                 guidance={"balance": True, "balance_momentum": 0.99, "lambda": {"start": "unfreeze"}})
+    assert paper.ssl.gram.weight == 1.0 and paper.guidance.balance_momentum == 0.99
+    assert config_to_dict(paper)["guidance"]["lambda"]["start"] == "unfreeze"
+
+
+@pytest.mark.parametrize(
+    "sections,key",
+    [
+        ({"ssl": {"gram": {"weight": -1.0}}}, "ssl.gram.weight"),
+        ({"ssl": {"gram": {"clip_negatives": "yes"}}}, "ssl.gram.clip_negatives"),
+        ({"ssl": {"gram": {"wieght": 1.0}}}, "ssl.gram.wieght"),
+        ({"guidance": {"lambda": {"start": "stage2"}}}, "guidance.lambda.start"),
+        ({"guidance": {"balance": True, "balance_momentum": 1.0}}, "guidance.balance_momentum"),
+        ({"guidance": {"balance": True, "balance_momentum": -0.1}}, "guidance.balance_momentum"),
+        ({"guidance": {"balance_momentum": 0.99}}, "guidance.balance_momentum"),  # without balance: true
+        ({"guidance": {"balance": True, "balance_per_rank": True, "balance_momentum": 0.99}}, "guidance.balance_momentum"),
+    ],
+)
+def test_gram_and_fino_paper_options_are_validated_with_their_key(sections, key):
+    with pytest.raises(UserError) as e:
+        make(**sections)
+    assert f"'{key}'" in str(e.value)

@@ -112,6 +112,20 @@ class SIGRegConfig:
 
 
 @dataclass
+class GramConfig:
+    """Gram anchoring (DINOv3 §4): the patch-similarity structure of the student is held to a frozen copy of the
+    starting backbone (the published remedy for dense features degrading in continued SSL)."""
+
+    weight: float = 0.0
+    """0 disables it. Term = weight x mean over the global-crop images of (1/N²)‖X_s X_sᵀ − X_g X_gᵀ‖²_F, X the
+    L2-normalised patch tokens (student: its masked global-crop forward; Gram teacher: the unmasked crops).
+    DINOv3 ramps it to 2 in its Gram stage."""
+    clip_negatives: Literal["none", "both", "teacher"] = "none"
+    """Negative similarities set to 0 before the difference: none (DINOv3's default), both matrices (DINOv3
+    remove_neg), or the teacher's (remove_only_teacher_neg: the student's only where both are negative)."""
+
+
+@dataclass
 class DistillConfig:
     """Distillation: a larger frozen model provides the DINO/iBOT targets instead of the EMA teacher."""
 
@@ -149,6 +163,7 @@ class SSLConfig:
     from pretrained weights (FINO: 450 of 20 000). Trainable prototypes fold into a subspace early on, which flattens
     the targets (README)."""
     sigreg: SIGRegConfig = field(default_factory=SIGRegConfig)
+    gram: GramConfig = field(default_factory=GramConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
@@ -255,6 +270,11 @@ class LambdaConfig:
     schedule: Literal["sigmoid", "linear", "constant"] = "sigmoid"
     """Gradient-reversal / guide strength over the run: DANN sigmoid, linear, or constant 1."""
     warmup_steps: int = 0
+    """λ = 0 for this many steps, then the schedule runs over the remaining steps."""
+    start: Literal["step0", "unfreeze"] = "step0"
+    """step0: the ramp starts at warmup_steps (released code). unfreeze: at the later of warmup_steps and the end of
+    the heads-only stage (stages.heads_only_steps, resolved), λ = 0 before: the FINO paper's ramp counted from the
+    unfreeze point."""
 
 
 @dataclass
@@ -266,6 +286,9 @@ class GuidanceConfig:
     """Equalise guide gradient norms at the CLS token to their geometric mean."""
     balance_per_rank: bool = False
     """Reference behaviour under DDP (norms of each rank's local batch); default: the global batch."""
+    balance_momentum: float = 0.0
+    """0: balance each step's gradient norms (released code). >0: balance an EMA of each guide's norm with this
+    momentum (FINO paper: 0.99), started from the guide's first non-zero norm; saved in checkpoints."""
     spurious_weight_divisor: float = 10.0
     """The reference divides a spurious guide's weight by 10 (w_eff = weight / 10); 1 disables the rule."""
     guides: list[GuideConfig] = field(default_factory=list)
@@ -657,6 +680,7 @@ def validate(cfg: Config) -> None:
         _check(v is None or v >= 0, f"stages.{key}", "must be >= 0.")
     _check(st.unfreeze_last_n_blocks >= 0, "stages.unfreeze_last_n_blocks", "must be >= 0.")
     _check(s.sigreg.weight >= 0, "ssl.sigreg.weight", "must be >= 0.")
+    _check(s.gram.weight >= 0, "ssl.gram.weight", "must be >= 0 (0 disables Gram anchoring).")
     _validate_adaptation(cfg)
     _check(s.sigreg.num_slices >= 1, "ssl.sigreg.num_slices", "must be at least 1.")
 
@@ -724,6 +748,15 @@ def _validate_guidance(cfg: Config) -> None:
     g = cfg.guidance
     _check(g.lambda_.warmup_steps >= 0, "guidance.lambda.warmup_steps", "must be >= 0.")
     _check(g.spurious_weight_divisor > 0, "guidance.spurious_weight_divisor", "must be > 0.")
+    _check(0.0 <= g.balance_momentum < 1.0, "guidance.balance_momentum", f"must be in [0, 1), got {g.balance_momentum}.")
+    if g.balance_momentum > 0:
+        _check(g.balance, "guidance.balance_momentum", "only applies with guidance.balance: true.")
+        _check(
+            not g.balance_per_rank,
+            "guidance.balance_momentum",
+            "cannot be combined with guidance.balance_per_rank: true (the averaged norms must be identical on every "
+            "rank, so they are computed from the global batch).",
+        )
     seen: set[str] = set()
     for i, guide in enumerate(g.guides):
         key = f"guidance.guides[{i}]"
