@@ -20,6 +20,8 @@ from typing import Any
 
 from metadino.config import Config, config_from_dict
 from metadino.errors import UserError
+from metadino.foundations import PREFIX as FOUNDATION_PREFIX
+from metadino.foundations import foundation_dir
 from metadino.models.adapt import METADINO_ADAPTER_FILE, merged_copy
 from metadino.models.backbone import Backbone, build_backbone, load_backbone_state
 
@@ -170,7 +172,7 @@ def _load_adapter_export(directory: Path) -> tuple[Backbone, dict[str, Any]]:
 
 def load_model(spec: str) -> tuple[Backbone, dict[str, Any]]:
     """MODEL -> (backbone in eval mode, preprocessing). MODEL is a run directory, an export directory,
-    ``hf:<id or dir>``, a bare local HF directory, or a bare hub id (offline cache).
+    ``metadino:<name>`` (a shipped foundation), ``hf:<id or dir>``, a bare local HF directory, or a bare hub id (offline cache).
 
     Any failure is a UserError naming MODEL (loaders raise OSError, ValueError, safetensors errors, ...).
     """
@@ -200,6 +202,8 @@ def _load_model(spec: str) -> tuple[Backbone, dict[str, Any]]:
             return backbone.eval(), default_preprocessing(backbone)
         backbone = build_backbone(str(path), in_chans=pre["in_chans"], patch_size=pre["patch_size"], image_size=pre["image_size"])
         return backbone.eval(), pre
+    if spec.startswith(FOUNDATION_PREFIX):  # shipped foundation: an export folder inside the package
+        return _load_model(str(foundation_dir(spec)))
     if not spec.startswith(("hf:", "builtin:")) and ("/" not in spec or spec.startswith((".", "/"))):
         raise UserError(f"model '{spec}' is not a directory, an export, or an hf:<id> specification.")
     backbone = build_backbone(spec if spec.startswith(("hf:", "builtin:")) else f"hf:{spec}")

@@ -30,6 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from metadino.errors import UserError
+from metadino.foundations import PREFIX as FOUNDATION_PREFIX
+from metadino.foundations import foundation_dir
 from metadino.models.channels import EXPANSION_MODES, expand_patch_embed_weight
 
 __all__ = [
@@ -480,7 +482,8 @@ def build_backbone(
 
     Args:
         spec: ``"builtin:vit-tiny"`` / ``"builtin:vit-small"`` / ``"builtin:vit-base"`` / ``"builtin:vit-large"``
-            (random init; ``embed_dim``/``depth``/``num_heads`` override the preset), ``"hf:<hub id or local
+            (random init; ``embed_dim``/``depth``/``num_heads`` override the preset), ``"metadino:<name>"`` (a
+            pretrained foundation shipped inside the package, e.g. ``metadino:synthcell-vit-tiny``), ``"hf:<hub id or local
             directory>"`` (must be a Dinov2Model, Dinov2WithRegistersModel or DINOv3ViTModel), or a directory:
             a metadino builtin export, a Hugging Face model directory, or a run directory with ``backbone/``.
         in_chans: input channels; ``None`` = the checkpoint's (3 for presets). More channels than a checkpoint
@@ -516,7 +519,9 @@ def build_backbone(
         return VisionTransformer(in_chans=3 if in_chans is None else in_chans, patch_size=patch_size,
                                  image_size=image_size, drop_path_rate=drop_path_rate,
                                  num_registers=num_registers, layerscale_init=layerscale_init, **arch)
-    if spec.startswith("hf:"):
+    if spec.startswith(FOUNDATION_PREFIX):
+        model = _load_directory(foundation_dir(spec), **load_kw)
+    elif spec.startswith("hf:"):
         ref = spec.removeprefix("hf:").strip()
         if not ref:
             raise UserError("empty hf: backbone spec; write hf:<hub id> or hf:/path/to/model_dir")
@@ -531,7 +536,7 @@ def build_backbone(
             model = _load_directory(path, **load_kw)
         elif re.match(r"^[A-Za-z][\w-]*:", spec) and not os.path.isabs(spec):
             raise UserError(f"unknown backbone spec prefix in {spec!r}; use builtin:vit-small, hf:<id or dir>, "
-                            "or a directory path")
+                            f"{FOUNDATION_PREFIX}<name> or a directory path")
         else:
             raise UserError(f"backbone {spec!r} is not an existing directory; use builtin:vit-small, "
                             "hf:<hub id or dir>, or the path of an exported model or run directory")
