@@ -62,3 +62,27 @@ def knn_multilabel_scores(
         weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
         scores.append((weights.unsqueeze(2) * targets[top_idx]).sum(1) / weights.sum(1, keepdim=True))
     return torch.cat(scores) if scores else torch.empty(0, targets.shape[1])
+
+
+@torch.no_grad()
+def knn_neighbours(
+    features: torch.Tensor, *, k: int = 20, chunk_size: int = 1024, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Indices int64 [N, min(k, N - 1)] of each row's k nearest other rows by cosine similarity, nearest first.
+
+    The query itself is never its own neighbour (its similarity is masked before the top-k), so this is the
+    leave-one-out k-NN graph; exact duplicates of a row are other rows and do count. Chunked like
+    :func:`knn_predict`, so the result does not depend on the chunk size. Computed on `device`, returned on the CPU.
+    """
+    x = F.normalize(torch.as_tensor(features).float().to(device), dim=1)
+    n = x.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        return torch.empty(n, 0, dtype=torch.int64)
+    out = []
+    for start in range(0, n, chunk_size):
+        sim = x[start : start + chunk_size] @ x.T
+        rows = torch.arange(sim.shape[0], device=sim.device)
+        sim[rows, rows + start] = -float("inf")
+        out.append(sim.topk(k, dim=1).indices.cpu())
+    return torch.cat(out)
