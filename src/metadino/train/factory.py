@@ -77,6 +77,16 @@ def build_distill_teacher(cfg: Config) -> Backbone:
     return teacher.eval()
 
 
+def frozen_copy(backbone: Backbone) -> Backbone:
+    """A frozen snapshot of `backbone` as it is now (the Gram teacher of `ssl.gram`): requires_grad False, eval
+    mode. Parameters that are already frozen (LoRA base weights, frozen blocks) are shared, not copied: they can
+    never change, and sharing halves their memory, as for the EMA teacher."""
+    shared = {id(p): p for p in backbone.parameters() if not p.requires_grad}
+    snapshot = copy.deepcopy(backbone, shared)
+    snapshot.requires_grad_(False)
+    return snapshot.eval()
+
+
 def resolve_stages(cfg: Config) -> tuple[int, int]:
     """(heads_only_steps, ramp_steps). Unset values default to a two-stage finetune for pretrained
     backbones (10% heads only, 5% ramp: released weights come without DINO/iBOT heads, and random
@@ -173,9 +183,12 @@ def build_task(
     `adapt.mode` is applied to `backbone` here (LoRA / freezing); frozen parameters are shared with the
     EMA teacher rather than copied (identical by construction, half the memory). With
     `ssl.distill.teacher` the teacher is the frozen model `distill_teacher` (built from the spec when None).
+    With `ssl.gram.weight > 0` the Gram teacher is a frozen copy of `backbone` as given (the step-0 weights;
+    zero-initialised LoRA adapters included, so it computes the base model).
     """
     s = cfg.ssl
     adapt_backbone(cfg, backbone)
+    gram_teacher = frozen_copy(backbone) if s.gram.weight > 0 else None
     if cfg.model.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     distill = s.distill.teacher is not None
@@ -218,4 +231,7 @@ def build_task(
         sigreg_reference_scaling=s.sigreg.reference_scaling,
         guides=guides,
         distill=distill,
+        gram_teacher=gram_teacher,
+        gram_weight=s.gram.weight,
+        gram_clip_negatives=s.gram.clip_negatives,
     )

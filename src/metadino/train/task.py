@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metadino.losses import SIGReg, DINOLoss, IBOTPatchLoss, KoLeoLoss, SoftmaxCenter, sinkhorn_knopp
+from metadino.losses import SIGReg, DINOLoss, GramLoss, IBOTPatchLoss, KoLeoLoss, SoftmaxCenter, sinkhorn_knopp
 from metadino.guidance.guides import GuideSet
 from metadino.models.backbone import Backbone
 from metadino.models.heads import DINOHead
@@ -41,7 +41,8 @@ class SSLModel(nn.Module):
 
         With ``mask_inputs`` (student) the masked patches are replaced by the mask token; the teacher
         passes ``mask_inputs=False`` and reads its iBOT targets at the same positions.
-        Returns ``global_cls`` [n_g*B, D], ``dino_logits`` [(n_g+n_l)*B, K] (global rows first),
+        Returns ``global_cls`` [n_g*B, D], ``global_patches`` [n_g*B, N, D] (the backbone's patch tokens of the
+        global crops, masked ones included), ``dino_logits`` [(n_g+n_l)*B, K] (global rows first),
         ``bottleneck`` [n_g*B, bottleneck] and, with an iBOT head, ``ibot_logits`` [M, K].
         """
         g = self.backbone(global_crops, masks if mask_inputs else None)
@@ -52,7 +53,8 @@ class SSLModel(nn.Module):
         if self.proj is not None:
             feats = self.proj(feats)
         logits, bottleneck = self.dino_head(feats, return_bottleneck=True)
-        out = {"global_cls": g.cls, "dino_logits": logits, "bottleneck": bottleneck[: g.cls.shape[0]]}
+        out = {"global_cls": g.cls, "global_patches": g.patches, "dino_logits": logits,
+               "bottleneck": bottleneck[: g.cls.shape[0]]}
         if self.ibot_head is not None and masks is not None:
             # An empty selection still runs the head, so DDP sees every parameter used.
             patches = g.patches[masks]
@@ -66,6 +68,11 @@ class SSLTask(nn.Module):
     With ``distill`` the teacher's backbone is a frozen, separate model (``train/distill.py``): the EMA
     only reaches the teacher's heads, prototype banks learn from the student CLS, and the student is
     the model that gets exported.
+
+    With ``gram_teacher`` (Gram anchoring, DINOv3 §4) a frozen backbone — the starting weights of the student —
+    embeds the unmasked global crops, and the Gram matrices of its patch tokens anchor those of the student's
+    masked global-crop forward (``gram`` term). It is a submodule, so it is saved in checkpoints, but it is
+    outside the student, the EMA and the optimizer, never gets gradients and is always in eval mode.
     """
 
     def __init__(
@@ -87,6 +94,9 @@ class SSLTask(nn.Module):
         sigreg_reference_scaling: bool = False,
         guides: GuideSet | None = None,
         distill: bool = False,
+        gram_teacher: Backbone | None = None,
+        gram_weight: float = 0.0,
+        gram_clip_negatives: str = "none",
     ):
         super().__init__()
         self.distill = distill
@@ -104,7 +114,15 @@ class SSLTask(nn.Module):
         self.sigreg = SIGReg(num_slices=sigreg_num_slices, reference_scaling=sigreg_reference_scaling) if sigreg_weight > 0 else None
         if self.sigreg is not None and not sigreg_koleo_too:
             koleo_loss_weight = 0.0  # SIGReg replaces KoLeo (reference: koleo_too false)
-        self.weights = {"dino": dino_loss_weight, "ibot": ibot_loss_weight, "koleo": koleo_loss_weight, "sigreg": sigreg_weight}
+        if (gram_teacher is not None) != (gram_weight > 0):
+            raise ValueError("a Gram teacher needs gram_weight > 0, and gram_weight > 0 needs a Gram teacher")
+        self.gram_teacher = gram_teacher
+        if gram_teacher is not None:
+            gram_teacher.requires_grad_(False)
+            gram_teacher.eval()
+        self.gram_loss = GramLoss(gram_clip_negatives) if gram_teacher is not None else None  # type: ignore[arg-type]
+        self.weights = {"dino": dino_loss_weight, "ibot": ibot_loss_weight, "koleo": koleo_loss_weight, "sigreg": sigreg_weight,
+                        "gram": gram_weight}
         self.guides = guides
         # The loop may swap in a DDP-wrapped student; kept out of the module tree (no duplicate state).
         self.__dict__["_student_call"] = self.student
@@ -120,6 +138,8 @@ class SSLTask(nn.Module):
     def train(self, mode: bool = True) -> SSLTask:
         super().train(mode)
         self.teacher.eval()  # no drop-path, no RoPE jitter on the teacher, ever
+        if self.gram_teacher is not None:
+            self.gram_teacher.eval()
         return self
 
     @torch.no_grad()
@@ -151,7 +171,7 @@ class SSLTask(nn.Module):
     def forward(
         self, batch: dict[str, Any], *, teacher_temp: float, step: int = 0, guide_lambda: float = 0.0
     ) -> dict[str, Tensor]:
-        """One step's loss terms. Keys: dino_local, dino_global, dino, [ibot], [koleo], [sigreg],
+        """One step's loss terms. Keys: dino_local, dino_global, dino, [ibot], [gram], [koleo], [sigreg],
         [guide/<column>], total. Logging-only scalars of the guides land in ``self.metrics``.
 
         `step` seeds SIGReg's random projections (the same on every rank and both crops).
@@ -176,6 +196,13 @@ class SSLTask(nn.Module):
             masks_weight = (1.0 / counts.float()).unsqueeze(1).expand_as(masks)[masks]
             terms["ibot"] = self.ibot_loss(out["ibot_logits"].float(), targets["ibot"], masks_weight, n_images=n_g * B)
             total = total + self.weights["ibot"] * terms["ibot"]
+        if self.gram_teacher is not None:
+            # DINOv3 conventions: the student's patch tokens of its (masked) global-crop forward, every token
+            # (`tokens_used: all`), against the frozen model's tokens of the same crops, unmasked.
+            with torch.no_grad():
+                anchor = self.gram_teacher(glob).patches
+            terms["gram"] = self.gram_loss(out["global_patches"], anchor)
+            total = total + self.weights["gram"] * terms["gram"]
         if self.sigreg is not None:
             # Reference §6: weight x n_global x mean over global crops, on the pre-norm bottleneck.
             per_crop = [self.sigreg(z, seed_step=step) for z in out["bottleneck"].chunk(n_g)]
