@@ -90,3 +90,92 @@ def test_single_process_per_rank_flag_is_a_no_op():
     _, s0, n0, t0 = balance_guides(losses, z)
     _, s1, n1, t1 = balance_guides(losses, z, per_rank=True)
     assert (s0, n0, t0) == (s1, n1, t1)
+
+
+# ---------------------------------------------------------------------------------------------- EMA balancing
+
+
+def test_ema_math_first_valid_norm_starts_each_average_and_invalid_norms_leave_it():
+    from metadino.guidance.balance import ema_grad_norms
+
+    prev = torch.tensor([0.0, 2.0, 2.0, 0.0])
+    norms = torch.tensor([3.0, 4.0, 0.0, 1e-7])  # new guide, running guide, guide without gradient, tiny norm
+    out = ema_grad_norms(prev, norms, 0.99)
+    torch.testing.assert_close(out, torch.tensor([3.0, 0.99 * 2.0 + 0.01 * 4.0, 2.0, 0.0]))
+    # Three steps by hand from a first norm of 1: a = 1, then 0.9 a + 0.1 g.
+    a = torch.zeros(1)
+    for g in (1.0, 3.0, 0.5):
+        a = ema_grad_norms(a, torch.tensor([g]), 0.9)
+    assert a.item() == pytest.approx(0.9 * (0.9 * 1.0 + 0.1 * 3.0) + 0.1 * 0.5, rel=1e-6)
+
+
+def test_ema_balancing_uses_the_averaged_norms_and_stores_them_only_on_commit():
+    from metadino.guidance.balance import GradNormEMA
+
+    ema = GradNormEMA(2, momentum=0.99)
+    losses, z = _two_losses()
+    _, plain_scales, g1, _ = balance_guides(losses, z)
+    # First step: the averages start at this step's norms (not at 0), so the scales equal per-step balancing.
+    _, s1, n1, t1 = balance_guides(losses, z, norm_ema=ema)
+    assert n1 == g1 and s1 == pytest.approx(plain_scales, rel=1e-6)
+    assert torch.equal(ema.norms, torch.zeros(2))  # not stored before commit
+    ema.commit()
+    torch.testing.assert_close(ema.norms, torch.tensor([g1["a"], g1["b"]]))
+    # Second step with the "b" loss 10x larger: per-step balancing would scale b by G/g_b with g_b 10x; the EMA
+    # has moved only 1 % of the way, so b's scale barely changes and its gradient at z is ~10x the target.
+    losses2 = {"a": losses["a"], "b": 10.0 * losses["b"]}
+    total, s2, n2, t2 = balance_guides(losses2, z, norm_ema=ema)
+    avg = {"a": g1["a"], "b": 0.99 * g1["b"] + 0.01 * n2["b"]}
+    assert n2["b"] == pytest.approx(10 * g1["b"], rel=1e-5)
+    assert t2 == pytest.approx((avg["a"] * avg["b"]) ** 0.5, rel=1e-5)
+    assert s2 == pytest.approx({k: t2 / avg[k] for k in avg}, rel=1e-5)
+    torch.testing.assert_close(total, s2["a"] * losses2["a"] + s2["b"] * losses2["b"])
+    ema.discard()  # a thrown-away step (non-finite loss): the state stays that of the last committed step
+    ema.commit()
+    torch.testing.assert_close(ema.norms, torch.tensor([g1["a"], g1["b"]]))
+
+
+def test_ema_balancing_before_any_gradient_keeps_plain_sum_and_no_state():
+    from metadino.guidance.balance import GradNormEMA
+
+    ema = GradNormEMA(2, momentum=0.99)
+    losses, z = _two_losses(weights=(0.0, 0.0))  # like λ = 0 at step 0: every norm is 0
+    _, scales, _, _ = balance_guides(losses, z, norm_ema=ema)
+    ema.commit()
+    assert scales == {"a": 1.0, "b": 1.0} and torch.equal(ema.norms, torch.zeros(2))
+    with pytest.raises(ValueError, match="momentum"):
+        GradNormEMA(2, momentum=1.0)
+
+
+def test_guide_set_commits_the_ema_only_in_update_and_saves_it_in_state_dict():
+    from metadino.guidance.guides import GuideSet, GuideSpec
+    from metadino.guidance.heads import MLPClassifier
+
+    torch.manual_seed(0)
+    specs = [GuideSpec("a", "informative", 0.1), GuideSpec("b", "spurious", 0.01)]
+    heads = {"a": MLPClassifier(8, 3, [8], 0.0), "b": MLPClassifier(8, 2, [8], 0.0)}
+    guides = GuideSet(specs, heads, {}, balance=True, balance_momentum=0.99)
+    assert "balance_ema.norms" in guides.state_dict()
+    assert "balance_ema.norms" not in GuideSet(specs, heads, {}, balance=True).state_dict()
+    cls = torch.randn(2, 6, 8, requires_grad=True)
+    batch = {"targets": {"a": torch.arange(6) % 3, "b": torch.arange(6) % 2},
+             "valid": {"a": torch.ones(6, dtype=torch.bool), "b": torch.ones(6, dtype=torch.bool)}}
+    _, _, metrics = guides(cls, None, batch, 0.5)
+    assert torch.equal(guides.balance_ema.norms, torch.zeros(2))  # forward alone (e.g. a non-finite step)
+    guides(cls, None, batch, 0.5)
+    guides.update(cls.detach(), batch)
+    expected = torch.tensor([metrics["guide/a/grad_norm"], metrics["guide/b/grad_norm"]])
+    torch.testing.assert_close(guides.balance_ema.norms, expected)  # initialised from the first committed norms
+    assert float(metrics["guide/a/grad_norm_ema"]) == pytest.approx(metrics["guide/a/grad_norm"])
+    with pytest.raises(ValueError, match="balance_momentum"):
+        GuideSet(specs, heads, {}, balance=True, balance_per_rank=True, balance_momentum=0.99)
+
+
+def test_spurious_weight_divisor_only_moves_the_common_target_under_balancing():
+    # The /10 rule divides the spurious ℓ_i by 10: its scale absorbs it (relative weights are lost, spec §0.3), but
+    # the geometric-mean target G — the gradient norm every guide gets — falls by 10^(1/n) for n valid guides.
+    losses, z = _two_losses()
+    _, s, _, t = balance_guides(losses, z)
+    _, s_div, _, t_div = balance_guides({"a": losses["a"], "b": losses["b"] / 10}, z)
+    assert t_div == pytest.approx(t / 10**0.5, rel=1e-5)
+    assert s_div["b"] / 10 == pytest.approx(s["b"] / 10**0.5, rel=1e-4)  # b's gradient at z: G/10^0.5 (+1e-8 of s_i)

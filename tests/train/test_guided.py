@@ -87,3 +87,38 @@ def test_prototype_space_guide(tmp_path, synthetic):
     assert result.finished and torch.isfinite(torch.tensor(result.history[-1]["guide/cell_line"]))
     state = load_latest_checkpoint(tmp_path / "run")["task"]
     assert state["guides.heads.cell_line.mlp.0.weight"].shape[1] == 64  # the DINO head's out_dim
+
+
+def test_ema_balancing_run_follows_the_logged_norms_and_resumes_exactly(tmp_path, synthetic):
+    """guidance.balance_momentum (FINO paper, μ = 0.99): the averages start at each guide's first non-zero norm
+    (step 1: λ = 0 at step 0), follow μ·avg + (1 − μ)·g over the logged norms, set the scales, and are saved."""
+    from metadino.guidance.balance import ema_grad_norms
+
+    cfg = _cfg(synthetic, guidance={"balance_momentum": 0.99})
+    result = train(config_from_dict(cfg), tmp_path / "a", progress=False)
+    cols = [g["column"] for g in GUIDES]
+    hist = result.history
+    norms = torch.tensor([[h[f"guide/{c}/grad_norm"] for c in cols] for h in hist])
+    logged = torch.tensor([[h[f"guide/{c}/grad_norm_ema"] for c in cols] for h in hist])
+    assert hist[0]["guide/lambda"] == 0.0 and torch.equal(norms[0], torch.zeros(4)) and torch.equal(logged[0], torch.zeros(4))
+    assert (norms[1:] > 0).all()
+    assert torch.equal(logged[1], norms[1])  # initialised from the first valid norms, not from 0
+    avg = torch.zeros(4)
+    for step, row in enumerate(norms):
+        avg = ema_grad_norms(avg, row, 0.99)
+        torch.testing.assert_close(logged[step], avg, rtol=1e-6, atol=0)
+        if step > 0:  # the scales balance the averages: s_i = G / (avg_i + 1e-8), G their geometric mean
+            target = avg.log().mean().exp()
+            assert hist[step]["guide/grad_norm_target"] == pytest.approx(target.item(), rel=1e-5)
+            scales = torch.tensor([hist[step][f"guide/{c}/scale"] for c in cols])
+            torch.testing.assert_close(scales, target / (avg + 1e-8), rtol=1e-5, atol=0)
+    assert not torch.allclose(logged[-1], norms[-1])  # averaged, unlike per-step balancing
+    state = load_latest_checkpoint(tmp_path / "a")["task"]
+    torch.testing.assert_close(state["guides.balance_ema.norms"], logged[-1], rtol=1e-7, atol=0)
+
+    train(config_from_dict(cfg), tmp_path / "b", progress=False, stop_after=2)
+    train(config_from_dict(cfg), tmp_path / "b", progress=False, resume=True)
+    b = load_latest_checkpoint(tmp_path / "b")["task"]
+    assert state.keys() == b.keys()
+    for k in state:
+        assert torch.equal(state[k], b[k]), k

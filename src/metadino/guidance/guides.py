@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from metadino.data.targets import ColumnEncoder
-from metadino.guidance.balance import balance_guides
+from metadino.guidance.balance import GradNormEMA, balance_guides
 from metadino.guidance.heads import GuideHead
 
 
@@ -35,7 +35,11 @@ class GuideSpec:
 
 
 class GuideSet(nn.Module):
-    """All guides of a run. Not part of the EMA teacher, not clipped (as in the reference)."""
+    """All guides of a run. Not part of the EMA teacher, not clipped (as in the reference).
+
+    ``balance_momentum > 0`` (with ``balance``) balances an EMA of each guide's gradient norm (FINO paper) instead
+    of each step's norms; the averages are the buffer ``balance_ema.norms``, stored by :meth:`update`.
+    """
 
     def __init__(
         self,
@@ -45,13 +49,18 @@ class GuideSet(nn.Module):
         *,
         balance: bool,
         balance_per_rank: bool = False,
+        balance_momentum: float = 0.0,
     ):
         super().__init__()
+        if balance_momentum > 0 and (not balance or balance_per_rank):
+            raise ValueError("balance_momentum needs balance=True and global-batch norms (balance_per_rank=False)")
         self.specs = {s.column: s for s in specs}
         self.heads = nn.ModuleDict(heads)
         self.conditioners = conditioners
         self.balance = balance
         self.balance_per_rank = balance_per_rank
+        # Registered only when used, so checkpoints of per-step balancing keep their keys.
+        self.balance_ema = GradNormEMA(len(specs), balance_momentum) if balance_momentum > 0 else None
 
     def _features(self, spec: GuideSpec, cls: Tensor, logits: Tensor | None, batch: dict) -> Tensor:
         x = logits if spec.space == "prototype" else cls
@@ -63,7 +72,7 @@ class GuideSet(nn.Module):
 
     def forward(
         self, cls: Tensor, logits: Tensor | None, batch: dict, lam: float
-    ) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, float | Tensor]]:
         """Guide losses of one step.
 
         Args:
@@ -72,10 +81,13 @@ class GuideSet(nn.Module):
             batch: with ``targets``/``valid`` dicts keyed by column.
             lam: λ of the schedule (the sign comes from each guide's role).
         Returns:
-            (sum to add to the loss, per-guide contributions for the loss breakdown, metrics to log).
+            (sum to add to the loss, per-guide contributions for the loss breakdown, metrics to log: floats and
+            detached 0-d tensors).
         """
         weighted: dict[str, Tensor] = {}
-        metrics: dict[str, float] = {"guide/lambda": lam}
+        metrics: dict[str, float | Tensor] = {"guide/lambda": lam}
+        if self.balance_ema is not None:
+            self.balance_ema.discard()  # a forward whose update never ran (non-finite step) leaves no trace
         for name, spec in self.specs.items():
             out = self.heads[name].loss(self._features(spec, cls, logits, batch), batch["targets"][name], batch["valid"][name], spec.sign * lam)
             weighted[name] = spec.weight * out.loss
@@ -87,11 +99,15 @@ class GuideSet(nn.Module):
                 metrics[f"guide/{name}/{key}"] = float(value)
         if self.balance and len(weighted) > 1:
             total, scales, norms, target = balance_guides(
-                weighted, cls, per_rank=self.balance_per_rank, weights={n: s.weight for n, s in self.specs.items()}
+                weighted, cls, per_rank=self.balance_per_rank, weights={n: s.weight for n, s in self.specs.items()},
+                norm_ema=self.balance_ema,
             )
-            for name in weighted:
+            averaged = self.balance_ema.pending if self.balance_ema is not None else None
+            for i, name in enumerate(weighted):
                 metrics[f"guide/{name}/grad_norm"] = norms[name]
                 metrics[f"guide/{name}/scale"] = scales[name]
+                if averaged is not None:
+                    metrics[f"guide/{name}/grad_norm_ema"] = averaged[i]  # 0-d tensor: read only when logged
                 weighted[name] = weighted[name] * scales[name]
             metrics["guide/grad_norm_target"] = target
         else:
@@ -100,9 +116,12 @@ class GuideSet(nn.Module):
 
     @torch.no_grad()
     def update(self, teacher_cls: Tensor, batch: dict) -> None:
-        """Prototype banks learn from the teacher CLS of the global crops (crop 0, then crop 1)."""
+        """State updates of a finite step: prototype banks learn from the teacher CLS of the global crops (crop 0,
+        then crop 1), and EMA balancing stores the averages of the last forward."""
         for name, spec in self.specs.items():
             self.heads[name].update(teacher_cls, batch["targets"][name], batch["valid"][name])
+        if self.balance_ema is not None:
+            self.balance_ema.commit()
 
     def sync_gradients(self) -> None:
         """Average guide-head gradients over ranks (the heads live outside the DDP-wrapped student)."""

@@ -172,7 +172,8 @@ def build_guides(cfg: Config, encoders: dict[str, ColumnEncoder], *, embed_dim: 
         specs.append(spec)
         heads[g.column] = _guide_head(g, encoders[g.column], in_dim)
     conditioners = {c: encoders[c] for g in gc.guides for c in g.given}
-    return GuideSet(specs, heads, conditioners, balance=gc.balance, balance_per_rank=gc.balance_per_rank)
+    return GuideSet(specs, heads, conditioners, balance=gc.balance, balance_per_rank=gc.balance_per_rank,
+                    balance_momentum=gc.balance_momentum)
 
 
 def build_task(
