@@ -40,3 +40,15 @@ def test_lambda_shape_of_the_schedules():
 def test_unknown_schedule_is_a_user_error():
     with pytest.raises(UserError, match="guidance.lambda.schedule"):
         guidance_lambda(1, 10, "cosine")
+
+
+def test_ramp_start_from_unfreeze_takes_the_later_of_warmup_and_unfreeze():
+    from metadino.guidance.schedule import lambda_ramp_start
+
+    assert lambda_ramp_start(0, start="step0", unfreeze_step=100) == 0
+    assert lambda_ramp_start(30, start="step0", unfreeze_step=100) == 30
+    assert lambda_ramp_start(30, start="unfreeze", unfreeze_step=100) == 100
+    assert lambda_ramp_start(300, start="unfreeze", unfreeze_step=100) == 300
+    assert lambda_ramp_start(0, start="unfreeze", unfreeze_step=0) == 0  # from scratch: no heads-only stage
+    with pytest.raises(UserError, match="guidance.lambda.start"):
+        lambda_ramp_start(0, start="later", unfreeze_step=0)

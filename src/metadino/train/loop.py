@@ -34,7 +34,7 @@ from metadino.export import preprocessing_from_config, write_export
 from metadino.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from metadino.train.distributed import DistInfo, all_ranks_true, barrier, init_distributed, is_dist, mean_across_ranks
 from metadino.data.targets import TableTargets, save_vocab
-from metadino.guidance.schedule import guidance_lambda
+from metadino.guidance.schedule import guidance_lambda, lambda_ramp_start
 from metadino.models.adapt import count_parameters
 from metadino.train.factory import (
     build_augmentation,
@@ -96,8 +96,9 @@ def schedule_values(cfg: Config, step: int) -> dict[str, float]:
     lr = warmup_cosine(step, total=total, peak=o.lr, end=o.min_lr, warmup=o.warmup_steps)
     heads_only, ramp = resolve_stages(cfg)
     lam = cfg.guidance.lambda_
+    lam_start = lambda_ramp_start(lam.warmup_steps, start=lam.start, unfreeze_step=heads_only)
     return {
-        "guide_lambda": guidance_lambda(step, total, lam.schedule, lam.warmup_steps),
+        "guide_lambda": guidance_lambda(step, total, lam.schedule, lam_start),
         "backbone_scale": backbone_lr_scale(step, heads_only_steps=heads_only, ramp_steps=ramp),
         "lr": lr,
         "last_layer_lr": 0.0 if step < resolve_freeze_last_layer(cfg) else lr,
