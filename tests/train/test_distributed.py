@@ -104,3 +104,31 @@ def test_two_process_lora_student_distilled_keeps_replicas_identical(tmp_path, i
     state = load_latest_checkpoint(tmp_path / "run")["task"]
     assert all(torch.equal(state[f"teacher.backbone.{k}"], v) for k, v in teacher.state_dict().items())
     assert state["student.proj.weight"].shape == (48, 32)
+
+
+@pytest.mark.integration
+def test_two_process_gram_anchoring_and_ema_balancing_match_one_process(tmp_path, image_table):
+    """Gram anchoring is a per-image mean (no collective): the 2-rank term and first gradients equal one process on
+    the same global batch. EMA balancing starts from the all-reduced norms, identical on both ranks (the loop
+    checks every parameter and buffer — Gram teacher and averages included — across ranks at the end)."""
+    runs = {}
+    for name, nproc, batch in (("ddp", 2, 3), ("single", 1, 6)):
+        cfg = tiny_config(image_table, train={"steps": 3, "batch_size": batch, "log_every": 1, "checkpoint_every": 3},
+                          model={"drop_path_rate": 0.0})
+        cfg["ssl"].update({"koleo_loss_weight": 0.0, "gram": {"weight": 1.0}})
+        # constant λ: the guides have a gradient at step 0, so the averages start from identical models
+        cfg["guidance"] = {"balance": True, "balance_momentum": 0.99, "lambda": {"schedule": "constant"}, "guides": [
+            {"column": "label", "hidden_dims": [16]},
+            {"column": "split", "role": "spurious", "hidden_dims": [16]},
+        ]}
+        _torchrun_train(cfg, tmp_path / f"{name}.yaml", tmp_path / name, nproc=nproc)
+        runs[name] = _losses(tmp_path / name)
+    ddp, single = runs["ddp"][0], runs["single"][0]
+    assert single["gram"] > 0  # masked student tokens vs the unmasked Gram teacher, already at step 0
+    keys = ["gram", "total", "guide/label/grad_norm", "guide/split/grad_norm", "guide/label/grad_norm_ema",
+            "guide/split/grad_norm_ema", "guide/label/scale"]
+    for key in keys:
+        assert ddp[key] == pytest.approx(single[key], rel=1e-5, abs=1e-7), key
+    assert ddp["guide/label/grad_norm_ema"] == ddp["guide/label/grad_norm"] > 0  # started at the first norms
+    for key in ("grad_norm/backbone", "grad_norm/dino_head"):
+        assert ddp[key] == pytest.approx(single[key], rel=3e-4), key
