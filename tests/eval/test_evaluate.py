@@ -142,3 +142,64 @@ def test_an_unloadable_model_and_a_foreign_out_folder_are_refused(setup):
     with pytest.raises(UserError, match="not written by metadino eval"):
         _eval(table, model, tmp / "mine")
     assert (tmp / "mine" / "notes.txt").read_text() == "precious"
+
+
+def test_conditional_leakage_and_purity_are_wired_into_metrics_and_report(setup):
+    from metadino.eval.conditional import conditional_leakage
+    from metadino.eval.purity import purity_metrics
+
+    table, model, tmp = setup
+    m = _eval(table, model, tmp / "out", k=5, group_column="plate", conditional_leakage={"plate": ["label"]},
+              purity_columns=["label", "plate"])
+    x_tr, _ = _features(model, table, {"split": "train"})
+    x_te, _ = _features(model, table, {"split": "test"})
+    train = load_table(table, image_column="path", rows={"split": "train"}).frame
+    test = load_table(table, image_column="path", rows={"split": "test"}).frame
+
+    # computed on the train rows' embeddings, exactly as the library function does it
+    got = m["conditional_leakage"]["plate|label"]
+    ref = conditional_leakage(x_tr, train, "plate", ["label"])
+    assert got["value"] == pytest.approx(ref.value) and got["given_only"] == pytest.approx(ref.given_only)
+    assert got["value"] == pytest.approx(got["with_embedding"] - got["given_only"])
+    assert (got["given"], got["n_rows"], got["chance"]) == (["label"], len(train), 0.25)
+
+    # purity on the train rows and, with their own graph, on the test rows
+    for key, x, frame, rows in (("purity", x_tr, train, "train"), ("purity_test", x_te, test, "test")):
+        ref = purity_metrics(x, frame, ["label", "plate"], label_column="label", group_column="plate", k=5)
+        assert m[key]["rows"] == rows
+        assert m[key]["knn/label"] == pytest.approx(ref["knn/label"])
+        assert m[key]["same_group_share"] == pytest.approx(ref["same_group_share"])
+        assert m[key]["same_group_share_chance"] == pytest.approx(ref["same_group_share_chance"])
+    assert m["purity"]["knn/label"]["accuracy"] > 0.8  # the label is in the pixels
+
+    saved = json.loads((tmp / "out" / "metrics.json").read_text())
+    assert saved["conditional_leakage"].keys() == {"plate|label"} and "knn/plate" in saved["purity"]
+    report = (tmp / "out" / "report.md").read_text()
+    assert "## Conditional leakage" in report and "| plate | label | balanced_accuracy |" in report
+    assert "## Neighbour purity" in report and "| k-NN accuracy of label | test |" in report
+    assert "| same-plate share among same-label neighbours | train |" in report
+
+
+def test_without_the_new_options_the_new_blocks_are_empty(setup):
+    table, model, tmp = setup
+    m = _eval(table, model, tmp / "out", report=False)
+    assert m["conditional_leakage"] == {} and m["purity"] == {} and m["purity_test"] == {}
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"conditional_leakage": {"plate": ["plate"]}}, "--conditional-leakage: 'plate' cannot be given itself"),
+        ({"conditional_leakage": {"plate": ["platez"]}}, "--conditional-leakage: unknown column 'platez'"),
+        ({"conditional_leakage": {"platez": ["label"]}}, "--conditional-leakage: unknown column 'platez'"),
+        ({"conditional_leakage": {"plate": []}}, "--conditional-leakage: 'plate' needs at least one given column"),
+        ({"conditional_leakage": {"split": ["label"]}}, "--conditional-leakage: 'split' has fewer than two"),
+        ({"purity_columns": ["platez"]}, "--purity-columns: unknown column 'platez'"),
+        ({"purity_columns": ["noise"]}, "--purity-columns.*'noise' holds continuous"),
+    ],
+)
+def test_bad_conditional_and_purity_specs_fail_before_any_compute(setup, kw, message):
+    table, model, tmp = setup
+    with pytest.raises(UserError, match=message):
+        _eval(table, model, tmp / "out", **kw)
+    assert not (tmp / "out").exists()  # refused before the model was loaded or --out written

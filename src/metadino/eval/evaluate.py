@@ -2,8 +2,12 @@
 
 Train, validation and test rows are chosen by filters on one table (e.g. ``split=train`` /
 ``split=ood``), so out-of-distribution evaluation is one flag. Features are extracted once per model
-and selection (cached); the probes (weighted k-NN, linear, attention pooling) and the leakage probes
-all read the same features.
+and selection (cached); the probes (weighted k-NN, linear, attention pooling), the leakage probes
+(plain and conditional) and neighbour purity all read the same features.
+
+Rows: the probes are scored on the test rows; plain and conditional leakage are cross-validated on the
+train rows; neighbour purity is measured on the train rows (``purity``) and, separately, on the test rows
+(``purity_test``; each set's own k-NN graph, so neither sees the other).
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import torch
 from metadino.data.table import MetadataTable, infer_column_kind, load_table
 from metadino.errors import UserError
 from metadino.eval.features import Features, cached_extract, default_cache_dir, weights_digest
+from metadino.eval.conditional import conditional_leakage_table
 from metadino.eval.knn import knn_predict
 from metadino.eval.leakage import leakage_table
 from metadino.eval.linear import carve_validation, fit_linear_probe
 from metadino.eval.metrics import classification_metrics, multilabel_metrics
+from metadino.eval.purity import check_categorical, purity_metrics
 from metadino.export import load_model
 
 PROBES = ("knn", "linear", "attnpool")
@@ -149,6 +155,8 @@ def evaluate(
     group_column: str | None = None,
     probes: Sequence[str] = ("knn", "linear"),
     leakage_columns: Sequence[str] = (),
+    conditional_leakage: Mapping[str, Sequence[str]] = {},
+    purity_columns: Sequence[str] = (),
     image_column: str = "path",
     root: str | None = None,
     feature: str = "cls",
@@ -163,7 +171,13 @@ def evaluate(
     report: bool = True,
     title: str | None = None,
 ) -> dict:
-    """Evaluate MODEL on a labelled subset; write DIR/metrics.json (and DIR/report.md). Returns the metrics."""
+    """Evaluate MODEL on a labelled subset; write DIR/metrics.json (and DIR/report.md). Returns the metrics.
+
+    `conditional_leakage` maps a target column to the columns it is conditioned on (``{"plate": ["cell_line"]}``:
+    plate beyond cell line, :mod:`metadino.eval.conditional`). `purity_columns` get their leave-one-out k-NN
+    accuracy on the embedding's own k-NN graph (`k` neighbours); with `group_column`, the same-group share among
+    same-label neighbours (label: `label_column`) is reported too (:mod:`metadino.eval.purity`).
+    """
     t0 = time.perf_counter()
     probes = list(dict.fromkeys(probes))
     unknown = [p for p in probes if p not in PROBES]
@@ -185,6 +199,8 @@ def evaluate(
         if infer_column_kind(by_name["train"].table.frame[column]) == "constant":
             raise UserError(f"--leakage-columns: '{column}' has fewer than two distinct values in the train rows; "
                             "leakage of a constant column is undefined, drop it.")
+    conditional_leakage = _check_conditional(conditional_leakage, by_name["train"].table.frame)
+    purity_columns = _check_purity(purity_columns, by_name["train"].table.frame)
     backbone, pre = load_model(model)
     out = Path(out)
     _prepare_out(out)
@@ -238,11 +254,28 @@ def evaluate(
                            folds=leakage_folds, seed=seed, progress=progress)
         leakage_details = {c: {"metric": v.metric, "value": v.value, "chance": v.chance, "n_rows": v.n_rows,
                                "n_classes": v.n_classes} for c, v in lk.items()}
+    conditional = {}
+    if conditional_leakage:
+        ck = conditional_leakage_table(train.features.embedding(feature).numpy(), train.table.frame, conditional_leakage,
+                                       folds=leakage_folds, seed=seed, progress=progress)
+        conditional = {key: {"column": v.column, "given": list(v.given), "metric": v.metric, "value": v.value,
+                             "given_only": v.given_only, "with_embedding": v.with_embedding, "chance": v.chance,
+                             "n_rows": v.n_rows, "n_missing": v.n_missing, "n_classes": v.n_classes, "folds": v.folds,
+                             "note": v.note} for key, v in ck.items()}
+    purity: dict[str, dict] = {"purity": {}, "purity_test": {}}
+    if purity_columns or group_column:
+        for key, part in (("purity", train), ("purity_test", test)):
+            # lenient: the columns were checked on the train rows; what the test rows cannot support becomes a note
+            purity[key] = {"rows": part.name, **purity_metrics(
+                part.features.embedding(feature), part.table.frame, purity_columns, label_column=label_column,
+                group_column=group_column, k=k, device=str(device), strict=False)}
 
     metrics = {
         **results,
         "leakage": {c: d["value"] for c, d in leakage_details.items()},
         "leakage_details": leakage_details,
+        "conditional_leakage": conditional,
+        **purity,
         "info": {
             "model": model,
             "table": str(Path(table)),
@@ -264,6 +297,45 @@ def evaluate(
         write_report(out, metrics, splits=splits, feature=feature, label_column=label_column,
                      leakage_columns=leakage_columns, y_test=y_test, predictions=predictions, model=model, title=title)
     return metrics
+
+
+def _check_conditional(specs: Mapping[str, Sequence[str]], frame) -> dict[str, list[str]]:
+    """`specs` with duplicates removed; one-sentence UserErrors naming --conditional-leakage and the column."""
+    available = [str(c) for c in frame.columns]
+    checked: dict[str, list[str]] = {}
+    for target, given in specs.items():
+        given = list(dict.fromkeys([given] if isinstance(given, str) else given))
+        for column in (target, *given):
+            if column not in available:
+                raise UserError(f"--conditional-leakage: unknown column '{column}' (in '{target}:{'+'.join(given)}'); "
+                                f"available columns: {', '.join(available)}.")
+        if not given:
+            raise UserError(f"--conditional-leakage: '{target}' needs at least one given column, e.g. {target}:cell_line "
+                            "(plain leakage is --leakage-columns).")
+        if target in given:
+            raise UserError(f"--conditional-leakage: '{target}' cannot be given itself (its conditional leakage is "
+                            f"always 0); remove it from the columns after '{target}:'.")
+        kind = infer_column_kind(frame[target])
+        if kind in ("constant", "multilabel"):
+            what = "fewer than two distinct values in the train rows" if kind == "constant" else "multi-label cells"
+            raise UserError(f"--conditional-leakage: '{target}' has {what}; conditional leakage needs a categorical "
+                            "or continuous target, drop it.")
+        checked[target] = given
+    return checked
+
+
+def _check_purity(columns: Sequence[str], frame) -> list[str]:
+    """`columns` without duplicates; one-sentence UserErrors naming --purity-columns and the column."""
+    available = [str(c) for c in frame.columns]
+    columns = list(dict.fromkeys(columns))
+    for column in columns:
+        if column not in available:
+            raise UserError(f"--purity-columns: unknown column '{column}'; available columns: {', '.join(available)}.")
+        try:
+            check_categorical(frame[column], column)
+        except UserError as err:
+            raise UserError(f"--purity-columns (train rows): {err}.") from None
+    return columns
 
 
 def _attnpool(train: Split, known_train, y_train, val: Split | None, data, test: Split, known_test, labels: Labels,

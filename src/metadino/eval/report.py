@@ -1,8 +1,8 @@
 """The Markdown report of `metadino eval`: metric tables plus plots people would rather look at.
 
-Plots (PNG in DIR/plots/): PCA of the embeddings coloured by the label and by each leakage column,
-the confusion matrix of a probe on the test rows, and — when MODEL is a run directory — the training
-curves from its metrics.jsonl.
+Tables: the probes, plain and conditional leakage, neighbour purity. Plots (PNG in DIR/plots/): PCA of
+the embeddings coloured by the label and by each leakage column, the confusion matrix of a probe on the
+test rows, and — when MODEL is a run directory — the training curves from its metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -54,6 +54,36 @@ def leakage_table_md(details: dict) -> str:
     lines = ["| column | metric | value | chance | rows |", "|---|---|---|---|---|"]
     for col, d in details.items():
         lines.append(f"| {col} | {d['metric']} | {_fmt(d['value'])} | {_fmt(d['chance'])} | {d['n_rows']} |")
+    return "\n".join(lines)
+
+
+def conditional_table_md(details: dict) -> str:
+    """Conditional leakage: value = with embedding − given only (both cross-validated on the same rows)."""
+    lines = ["| column | given | metric | value | given only | with embedding | chance | rows | missing |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for d in details.values():
+        lines.append(f"| {d['column']} | {', '.join(d['given'])} | {d['metric']} | {_fmt(d['value'])} | "
+                     f"{_fmt(d['given_only'])} | {_fmt(d['with_embedding'])} | {_fmt(d['chance'])} | {d['n_rows']} | "
+                     f"{d['n_missing']} |")
+    return "\n".join(lines)
+
+
+def purity_table_md(*blocks: dict) -> str:
+    """Neighbour purity of one or more row sets (``metrics["purity"]``, ``metrics["purity_test"]``)."""
+    lines = ["| measure | rows | value | balanced | chance | n |", "|---|---|---|---|---|---|"]
+    for block in blocks:
+        if not block:
+            continue
+        rows = block.get("rows", "")
+        for key, d in block.items():
+            if key.startswith("knn/"):
+                lines.append(f"| k-NN accuracy of {key[4:]} | {rows} | {_fmt(d['accuracy'])} | "
+                             f"{_fmt(d['balanced_accuracy'])} | {_fmt(d['chance'])} | {d['n_rows']} |")
+        if "same_group_share" in block:
+            g = block["same_group"]
+            lines.append(f"| same-{g['group_column']} share among same-{g['label_column']} neighbours | {rows} | "
+                         f"{_fmt(block['same_group_share'])} | – | {_fmt(block['same_group_share_chance'])} | "
+                         f"{g['n_queries']} |")
     return "\n".join(lines)
 
 
@@ -206,6 +236,21 @@ def write_report(
         lines += ["", "## Leakage (linear probe on the embedding, cross-validated on the train rows)", "",
                   "Informative columns should be decodable; spurious ones (plate, scanner, ...) should be near chance.", "",
                   leakage_table_md(metrics["leakage_details"])]
+    if metrics.get("conditional_leakage"):
+        details = metrics["conditional_leakage"]
+        lines += ["", "## Conditional leakage (embedding ⊕ given columns vs the given columns alone, train rows)", "",
+                  "How much better each column is decoded with the embedding than from the given columns alone "
+                  "(FINO: measure dependence first, never suppress an entangled factor alone); ≈ 0: the embedding "
+                  "knows nothing about it beyond the given columns.", "", conditional_table_md(details)]
+        lines += [f"- {d['note']}" for d in details.values() if d.get("note")]
+    if metrics.get("purity") or metrics.get("purity_test"):
+        blocks = [metrics.get("purity", {}), metrics.get("purity_test", {})]
+        k = next((b["k"] for b in blocks if b), None)
+        lines += ["", f"## Neighbour purity (cosine k-NN graph of each row set, k = {k}, the row itself excluded)", "",
+                  "k-NN accuracy: majority vote of a row's neighbours (balanced: chance 1 / classes). Same-group share: "
+                  "among a row's neighbours with its label, the share from its group — above chance means the "
+                  "embedding groups by acquisition batch inside a class.", "", purity_table_md(*blocks)]
+        lines += [f"- {b['rows']} rows: {n}" for b in blocks if b for n in b.get("notes", [])]
 
     lines += ["", "## Plots", ""]
     frames = [s.table.frame for s in splits]
