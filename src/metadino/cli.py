@@ -141,6 +141,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
               metadino eval hf:facebook/dinov2-small --table meta.csv --label-column label \\
                   --train-rows split=train --val-rows split=val --test-rows split=ood \\
                   --probes knn,linear,attnpool --out reports/dinov2-small
+              metadino eval runs/first --table meta.csv --label-column label \\
+                  --train-rows split=train --test-rows split=test --group-column plate \\
+                  --conditional-leakage plate:cell_line,well:cell_line+antibody \\
+                  --purity-columns cell_line,antibody --out runs/first/report
+
+            --conditional-leakage plate:cell_line reports how much better plate is decoded from the
+            embedding plus the cell line than from the cell line alone (≈ 0: the embedding knows nothing
+            about plate beyond the cell line). --purity-columns gives each column's leave-one-out k-NN
+            accuracy on the embedding's own neighbour graph; with --group-column, also the share of
+            same-label neighbours from the same group (e.g. plate), next to its chance level.
             """
         ),
     )
@@ -154,6 +164,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-column", default=None, help="report per-group and worst-group accuracy by this column")
     p.add_argument("--probes", default="knn,linear", help="comma list of knn, linear, attnpool (default: knn,linear)")
     p.add_argument("--leakage-columns", default="", metavar="A,B", help="metadata columns whose linear decodability to report")
+    p.add_argument("--conditional-leakage", default="", metavar="T:G[+G],...",
+                   help="target:given columns, e.g. plate:cell_line,well:cell_line+antibody — decodability of each "
+                        "target from embedding + given columns minus from the given columns alone (train rows)")
+    p.add_argument("--purity-columns", default="", metavar="A,B",
+                   help="columns whose leave-one-out k-NN accuracy on the embedding's neighbour graph to report "
+                        "(train and test rows, --k neighbours)")
     p.add_argument("--feature", default="cls", choices=("cls", "cls+mean"), help="embedding for k-NN, linear and leakage")
     p.add_argument("--k", type=int, default=20, help="k-NN neighbours (default 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="k-NN vote temperature (default 0.07)")
@@ -199,6 +215,22 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
 
 def _columns(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def parse_conditional(text: str | None) -> dict[str, list[str]]:
+    """'plate:cell_line,well:cell_line+antibody' -> {'plate': ['cell_line'], 'well': ['cell_line', 'antibody']}."""
+    specs: dict[str, list[str]] = {}
+    for part in _columns(text or ""):
+        target, sep, given = part.partition(":")
+        columns = [g.strip() for g in given.split("+") if g.strip()]
+        if not sep or not target.strip() or not columns:
+            raise UserError(f"--conditional-leakage: '{part}' is not of the form target:given[+given] "
+                            "(e.g. plate:cell_line or well:cell_line+antibody).")
+        if target.strip() in specs:
+            raise UserError(f"--conditional-leakage: '{target.strip()}' appears twice; give each target once and "
+                            "join its given columns with + (e.g. well:cell_line+antibody).")
+        specs[target.strip()] = columns
+    return specs
 
 
 def parse_rows(text: str | None) -> dict[str, list[str]]:
@@ -282,17 +314,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(
         args.model, table=args.table, label_column=args.label_column, train_rows=parse_rows(args.train_rows),
         test_rows=parse_rows(args.test_rows), val_rows=parse_rows(args.val_rows), group_column=args.group_column,
-        probes=_columns(args.probes), leakage_columns=_columns(args.leakage_columns), out=args.out,
+        probes=_columns(args.probes), leakage_columns=_columns(args.leakage_columns),
+        conditional_leakage=parse_conditional(args.conditional_leakage), purity_columns=_columns(args.purity_columns),
+        out=args.out,
         image_column=args.image_column, root=args.root, feature=args.feature, k=args.k, temperature=args.temperature,
         batch_size=args.batch_size, device=resolve_device(args.device), cache_dir=None if args.no_cache else "default",
         seed=args.seed, progress=not args.quiet,
     )
-    from metadino.eval.report import leakage_table_md, metrics_table
+    from metadino.eval.report import conditional_table_md, leakage_table_md, metrics_table, purity_table_md
 
     print(metrics_table(metrics))
     if metrics["leakage_details"]:
         print()
         print(leakage_table_md(metrics["leakage_details"]))
+    if metrics["conditional_leakage"]:
+        print()
+        print(conditional_table_md(metrics["conditional_leakage"]))
+    if metrics["purity"] or metrics["purity_test"]:
+        print()
+        print(purity_table_md(metrics["purity"], metrics["purity_test"]))
     print(f"\nwrote {args.out / 'metrics.json'} and {args.out / 'report.md'}")
     return 0
 

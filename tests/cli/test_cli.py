@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from testkit import tiny_config, write_labelled_table, write_tiny_model
-from metadino.cli import main, parse_rows
+from metadino.cli import main, parse_conditional, parse_rows
 from metadino.errors import UserError
 
 
@@ -126,3 +126,48 @@ def test_eval_of_a_model_that_cannot_be_loaded(capsys, labelled, tmp_path):
     code, err = run(capsys, "eval", str(tmp_path / "nope"), "--table", str(table), "--label-column", "label",
                     "--train-rows", "split=train", "--test-rows", "split=test", "--out", str(tmp_path / "r"), "--quiet")
     assert code == 2 and "nope" in err and err.count("\n") == 1, err
+
+
+def test_parse_conditional():
+    assert parse_conditional("plate:cell_line, well:cell_line+antibody") == {
+        "plate": ["cell_line"], "well": ["cell_line", "antibody"]}
+    assert parse_conditional("") == {}
+    for bad, message in (("plate", "target:given"), ("plate:", "target:given"), (":cell_line", "target:given"),
+                         ("plate:a,plate:b", "'plate' appears twice")):
+        with pytest.raises(UserError, match=f"--conditional-leakage: .*{message}"):
+            parse_conditional(bad)
+
+
+def test_eval_reports_conditional_leakage_and_purity(capsys, labelled, tmp_path):
+    import json
+
+    table, model = labelled
+    out = tmp_path / "report"
+    code = main(["eval", str(model), "--table", str(table), "--label-column", "label", "--train-rows", "split=train",
+                 "--test-rows", "split=test", "--group-column", "plate", "--conditional-leakage", "plate:label",
+                 "--purity-columns", "label", "--k", "5", "--out", str(out), "--no-cache", "--quiet", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "| plate | label | balanced_accuracy |" in printed and "| k-NN accuracy of label | train |" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["conditional_leakage"]) == {"plate|label"}
+    assert metrics["purity"]["k"] == 5 and {"knn/label", "same_group_share"} <= set(metrics["purity_test"])
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["--conditional-leakage", "plate"], "--conditional-leakage: 'plate' is not of the form"),
+        (["--conditional-leakage", "plate:plate"], "--conditional-leakage: 'plate' cannot be given itself"),
+        (["--conditional-leakage", "plate:cell_line"], "--conditional-leakage: unknown column 'cell_line'"),
+        (["--purity-columns", "label,platez"], "--purity-columns: unknown column 'platez'"),
+        (["--purity-columns", "noise"], "--purity-columns (train rows): k-NN accuracy needs a categorical column; 'noise' holds continuous"),
+    ],
+)
+def test_eval_bad_conditional_and_purity_flags_are_one_line(capsys, labelled, tmp_path, extra, expected):
+    table, model = labelled
+    code, err = run(capsys, "eval", str(model), "--table", str(table), "--label-column", "label", "--train-rows",
+                    "split=train", "--test-rows", "split=test", "--out", str(tmp_path / "r"), "--no-cache", "--quiet",
+                    "--device", "cpu", *extra)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert expected in err
