@@ -185,3 +185,16 @@ def test_gram_and_fino_paper_options_are_validated_with_their_key(sections, key)
     with pytest.raises(UserError) as e:
         make(**sections)
     assert f"'{key}'" in str(e.value)
+
+
+def test_a_saved_config_from_before_the_new_keys_resumes_only_at_their_neutral_values():
+    old = config_to_dict(make())  # as a run saved before ssl.gram, balance_momentum and lambda.start existed
+    del old["ssl"]["gram"], old["guidance"]["balance_momentum"], old["guidance"]["lambda"]["start"]
+    assert diff_configs(old, config_to_dict(make())) == []
+    assert diff_configs(config_to_dict(make()), old) == []
+    changed = make(ssl={"gram": {"weight": 1.0}}, guidance={"balance": True, "balance_momentum": 0.99,
+                                                            "lambda": {"start": "unfreeze"}})
+    assert diff_configs(old, config_to_dict(changed)) == ["guidance.balance", "guidance.balance_momentum",
+                                                          "guidance.lambda.start", "ssl.gram"]
+    del old["ssl"]["koleo_loss_weight"]  # any other missing key still counts
+    assert diff_configs(old, config_to_dict(make())) == ["ssl.koleo_loss_weight"]

@@ -570,14 +570,33 @@ def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = No
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+# Keys added after runs had been saved, at the value that reproduces the behaviour from before they existed: a saved
+# config without them (an older run being resumed) does not differ from one holding that value.
+NEUTRAL_NEW_KEYS: dict[str, Any] = {
+    "ssl.gram.weight": 0.0,
+    "ssl.gram.clip_negatives": "none",
+    "guidance.balance_momentum": 0.0,
+    "guidance.lambda.start": "step0",
+}
+
+
+def _neutral(path: str, value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(_neutral(f"{path}.{k}", v) for k, v in value.items())
+    return path in NEUTRAL_NEW_KEYS and NEUTRAL_NEW_KEYS[path] == value
+
+
 def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two plain config dicts."""
+    """Dotted keys whose values differ between two plain config dicts (a key of :data:`NEUTRAL_NEW_KEYS` missing on
+    one side counts as its neutral value)."""
     out = []
     for key in sorted(set(a) | set(b)):
         if key.startswith("_"):
             continue
         va, vb = a.get(key), b.get(key)
         path = f"{prefix}{key}"
+        if (key not in a and _neutral(path, vb)) or (key not in b and _neutral(path, va)):
+            continue
         if isinstance(va, dict) and isinstance(vb, dict):
             out += diff_configs(va, vb, f"{path}.")
         elif va != vb:

@@ -244,3 +244,19 @@ def test_loop_feeds_the_uniform_target_watch_and_prints_its_warning_once(tmp_pat
     assert fed[-1][1] == pytest.approx(result.history[-1]["dino"])
     err = capsys.readouterr().err
     assert err.count(f"warning: the DINO (CLS) term has stayed at ln K = {math.log(64):.3f}") == 1
+
+
+def test_a_run_saved_before_the_gram_and_fino_paper_keys_existed_still_resumes(tmp_path, image_table):
+    from metadino.train.checkpoint import list_checkpoints
+
+    cfg = config_from_dict(tiny_config(image_table))
+    train(cfg, tmp_path / "run", progress=False, stop_after=2)
+    path = list_checkpoints(tmp_path / "run")[0]
+    state = torch.load(path, weights_only=True)
+    del state["config"]["ssl"]["gram"], state["config"]["guidance"]["balance_momentum"]
+    del state["config"]["guidance"]["lambda"]["start"]
+    torch.save(state, path)
+    assert train(cfg, tmp_path / "run", progress=False, resume=True).finished
+    gram_on = config_from_dict(tiny_config(image_table, ssl={"gram": {"weight": 1.0}}))
+    with pytest.raises(UserError, match="ssl.gram"):
+        train(gram_on, tmp_path / "run", progress=False, resume=True)
