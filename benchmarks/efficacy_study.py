@@ -102,7 +102,7 @@ def plot(path: Path, stats: dict, arms: list[str]) -> None:
 
     shown = [("knn/accuracy", "k-NN accuracy, held-out plates (primary)"),
              ("linear/accuracy", "linear accuracy, held-out plates"),
-             ("purity/same_group_share", "same-plate share of same-label neighbours (lower is better)"),
+             ("purity_test/same_group_share", "same-plate share of same-label neighbours (lower is better)"),
              ("conditional_leakage/plate|cell_line", "plate leakage beyond cell line (lower is better)")]
     fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6))
     for ax, (key, title) in zip(axes, shown):

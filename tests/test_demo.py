@@ -18,7 +18,7 @@ def test_quick_demo_adapts_the_foundation_four_ways_and_compares_them_on_held_ou
         metrics = json.loads((out / arm / "report" / "metrics.json").read_text())
         assert set(metrics["leakage"]) == {"plate", "cell_line", "antibody"}
         assert "plate|cell_line" in metrics["conditional_leakage"]
-        assert 0.0 <= metrics["purity"]["same_group_share"] <= 1.0
+        assert 0.0 <= metrics["purity_test"]["same_group_share"] <= 1.0
     assert not (out / "frozen" / "checkpoints").exists()  # the frozen arm never trains
     for arm in ("plain", "fino", "fino_plate"):  # every trained arm starts from the shipped foundation
         assert load_config(out / arm / "config.yaml").model.backbone == FOUNDATION

@@ -100,25 +100,29 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="built-in microscopy-like data: plain vs metadata-guided adaptation, evaluated on held-out plates (CPU)",
+        help="adapt the shipped foundation to a new microscopy domain: frozen vs plain vs FINO, on held-out plates (CPU)",
         formatter_class=_formatter,
         description=textwrap.dedent(
             """\
-            Generate the built-in synthetic microscopy dataset, train the same small ViT twice for the
-            same steps -- plain DINOv2, and DINOv2 guided by metadata (antibody and cell line pulled in,
-            plate pushed out given the cell line, SIGReg, two-stage) -- then evaluate both on held-out
-            plates: k-NN and linear accuracy, worst-plate accuracy, leakage of plate / cell line /
-            antibody. Prints a side-by-side table; writes OUT/comparison.md and a report per arm.
+            Start from the shipped foundation metadino:synthcell-vit-tiny (pretrained with plain DINOv2 on a
+            synthetic microscopy source domain), generate a target domain it has not seen (--seed: other
+            cell lines, antibodies and plate effects) and compare, from the same weights, data stream and
+            steps: the frozen foundation, plain continued DINOv2 (two-stage), FINO's HPA recipe (antibody
+            prototypes + SIGReg) and FINO + plate suppressed given the cell line. Evaluated on held-out
+            plates: k-NN (primary) and linear accuracy, worst-plate accuracy, same-plate share of same-label
+            neighbours, plate leakage beyond the cell line, leakage of plate / cell line / antibody.
+            Prints a side-by-side table; writes OUT/comparison.md, OUT/summary.json and a report per arm.
+            One seed is noise-sized; benchmarks/efficacy_study.py pairs seeds.
 
             examples:
-              metadino demo
-              metadino demo --steps 400 --seed 1 --out demo_seed1
-              metadino demo --quick          # a smoke run in well under a minute
+              metadino demo                  # about 10 minutes on 2 CPU cores
+              metadino demo --seed 1 --out demo_seed1
+              metadino demo --quick          # a smoke run in under a minute
             """
         ),
     )
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
-    p.add_argument("--steps", type=int, default=None, help="training steps of each arm (default: 200, quick: 6)")
+    p.add_argument("--steps", type=int, default=None, help="training steps of each trained arm (default: 120, quick: 6)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny data and a few steps (for tests)")
 

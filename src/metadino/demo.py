@@ -117,7 +117,7 @@ ROWS = [
     ("k-NN worst-plate accuracy", ("knn", "worst_group_accuracy"), "higher"),
     ("linear accuracy, held-out plates", ("linear", "accuracy"), "higher"),
     ("linear worst-plate accuracy", ("linear", "worst_group_accuracy"), "higher"),
-    ("same-plate share of same-label neighbours", ("purity", "same_group_share"), "lower"),
+    ("same-plate share of same-label neighbours, held-out plates", ("purity_test", "same_group_share"), "lower"),
     ("leakage: plate beyond cell line", ("conditional_leakage", "plate|cell_line"), "lower"),
     ("leakage: plate (spurious)", ("leakage", "plate"), "lower"),
     ("leakage: cell line", ("leakage", "cell_line"), "neither"),
