@@ -122,3 +122,27 @@ def test_ema_balancing_run_follows_the_logged_norms_and_resumes_exactly(tmp_path
     assert state.keys() == b.keys()
     for k in state:
         assert torch.equal(state[k], b[k]), k
+
+
+def test_guides_do_not_shift_the_initial_ssl_weights(tmp_path, synthetic):
+    """Arms with and without guides are paired: same backbone, DINO and iBOT heads at step 0 (the guide heads
+    draw from their own RNG stream)."""
+    from metadino.data.table import load_table
+    from metadino.train.factory import build_backbone_from_config, build_encoders, build_guides, build_task
+
+    def initial(cfg_dict):
+        cfg = config_from_dict(cfg_dict)
+        table = load_table(cfg.data.table, image_column="path", rows=cfg.data.rows)
+        torch.manual_seed(cfg.train.seed)  # as the loop does
+        backbone = build_backbone_from_config(cfg.model, image_size=cfg.crops.global_size)
+        guides = build_guides(cfg, build_encoders(cfg, table), embed_dim=backbone.embed_dim, dino_out_dim=cfg.ssl.head.out_dim)
+        task = build_task(cfg, backbone, guides)
+        return {k: v for k, v in task.student.state_dict().items()}, torch.rand(1)
+
+    guided = _cfg(synthetic)
+    plain = _cfg(synthetic)
+    plain.pop("guidance")
+    (with_guides, after_g), (without, after_p) = initial(guided), initial(plain)
+    assert with_guides.keys() == without.keys()
+    assert all(torch.equal(with_guides[k], without[k]) for k in without)
+    assert torch.equal(after_g, after_p)  # the global stream continues identically (drop-path, ...)

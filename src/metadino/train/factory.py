@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 from metadino.config import Config, GuideConfig, ModelConfig
 from metadino.errors import UserError
 from metadino.data.table import MetadataTable
@@ -164,6 +166,15 @@ def build_guides(cfg: Config, encoders: dict[str, ColumnEncoder], *, embed_dim: 
     gc = cfg.guidance
     if not gc.guides:
         return None
+    with torch.random.fork_rng(devices=[]):
+        # Own RNG stream: adding guides leaves the DINO/iBOT heads (built next from the global stream) as in a
+        # run without them, so arms with and without guidance start from identical SSL weights.
+        torch.manual_seed(cfg.train.seed + 4_000_037)
+        return _build_guide_set(cfg, encoders, embed_dim=embed_dim, dino_out_dim=dino_out_dim)
+
+
+def _build_guide_set(cfg: Config, encoders: dict[str, ColumnEncoder], *, embed_dim: int, dino_out_dim: int) -> GuideSet:
+    gc = cfg.guidance
     specs, heads = [], {}
     for g in gc.guides:
         weight = g.weight / gc.spurious_weight_divisor if g.role == "spurious" else g.weight
