@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     from metadino.demo import ARMS, run_demo
 
     arms = tuple(args.arms) if args.arms else (*ARMS, "fino_plate_paper")
+    unknown = [a for a in arms if a not in (*ARMS, "fino_plate_paper")]
+    if unknown:
+        parser.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join((*ARMS, 'fino_plate_paper'))}")
     if not args.report:
         for seed in args.seeds:
             if (args.out / f"seed{seed}" / "summary.json").is_file():

@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from metadino.errors import UserError
 from metadino.foundations import PREFIX
 
 NAME = "synthcell-vit-tiny"
@@ -88,17 +90,14 @@ def export_foundation(run: Path, dest: Path) -> Path:
 
     src = run / "backbone"
     dest.mkdir(parents=True, exist_ok=True)
-    state = {k: v.to(torch_float16()).contiguous() for k, v in load_file(str(src / "model.safetensors")).items()}
+    import torch
+
+    state = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous()
+             for k, v in load_file(str(src / "model.safetensors")).items()}
     save_file(state, str(dest / "model.safetensors"), metadata={"format": "pt", "source": "metadino foundation"})
     for name in ("config.json", "preprocessing.json"):
         shutil.copyfile(src / name, dest / name)
     return dest
-
-
-def torch_float16() -> Any:
-    import torch
-
-    return torch.float16
 
 
 # ------------------------------------------------------------------------------ frozen measurements
@@ -174,20 +173,39 @@ def frozen_report(foundation: Path, out: Path, *, seed: int = 0) -> dict[str, An
 
 
 def _logged(run: Path) -> list[dict[str, float]]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """Logged rows by step; a resumed run re-logs the steps after its last checkpoint: the last row wins."""
+    rows = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[int(row["step"])] = row
+    return [rows[k] for k in sorted(rows)]
 
 
 LOSS_KEYS = ("total", "dino", "ibot", "koleo")
 
 
+def command(steps: int) -> str:
+    extra = f" --steps {steps}" if steps != STEPS else ""
+    return f"python -m metadino.foundations.build --out runs/foundation{extra} --install"
+
+
 def write_card(dest: Path, run: Path, frozen: dict[str, Any], *, seconds: dict[str, float]) -> dict[str, Any]:
+    """The card records what the run saved (config, seed, versions), checked against this recipe."""
     import yaml
 
-    import torch
+    from metadino.config import config_from_dict, config_to_dict, diff_configs
+    from metadino.train.provenance import git_sha
 
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    provenance = saved.pop("_run", None)
-    config = pretrain_config(Path("source/metadata.csv"), steps=saved["train"]["steps"])
+    provenance = saved.pop("_run", None) or {}
+    steps = saved["train"]["steps"]
+    config = pretrain_config(Path("source/metadata.csv"), steps=steps)
+    expected = config_to_dict(config_from_dict(pretrain_config(Path(saved["data"]["table"]), steps=steps)))
+    differ = diff_configs(saved, expected)
+    if differ:
+        raise UserError(f"the run in {run} was not trained with this recipe (keys differ: {', '.join(differ)}); "
+                        "rebuild into a new --out")
     rows = _logged(run)
     last = rows[-5:]
     card = {
@@ -199,12 +217,13 @@ def write_card(dest: Path, run: Path, frozen: dict[str, Any], *, seconds: dict[s
                        "rows": "split == train of the source table",
                        "disjoint_from": "the demo's data (seeds 0-99): other cell-line morphologies, antibodies and "
                                         "plate effects, drawn from seed 1000"},
-        "command": "python -m metadino.foundations.build --out runs/foundation --install",
+        "command": command(steps),
         "config": config,
-        "git_sha": (provenance or {}).get("git_sha"),
-        "torch": torch.__version__,
-        "seed": SOURCE_SEED,
-        "steps": saved["train"]["steps"],
+        "git_sha": provenance.get("git_sha"),
+        "card_git_sha": git_sha(),
+        "torch": provenance.get("torch"),
+        "seed": saved["train"]["seed"],
+        "steps": steps,
         "first_logged": [{k: r[k] for k in ("step", *LOSS_KEYS)} for r in rows[:3]],
         "final_losses": {k: sum(r[k] for r in last) / len(last) for k in LOSS_KEYS},
         "seconds": seconds,
@@ -229,8 +248,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         + ")`, rows with split == train; " + card["trained_on"]["disjoint_from"] + ".",
         "",
         f"**Rebuild (one command):** `{card['command']}` — {card['steps']} steps, seed {card['seed']}, "
-        f"git {card['git_sha']}, torch {card['torch']}; measured "
-        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in card["seconds"].items()) + " on a 2-core CPU.",
+        f"trained at git {card['git_sha']}, torch {card['torch']}; measured "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in card["seconds"].items()) + " on the project's 2-core CPU.",
         "",
         f"**Weights:** `model.safetensors`, {card['weights']['dtype']}, {card['weights']['bytes'] / 1e6:.1f} MB, "
         f"sha256 `{card['weights']['sha256']}`.",
@@ -238,7 +257,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         "**Losses:** first logged " + "; ".join(
             f"step {r['step']}: total {r['total']:.4f} (DINO {r['dino']:.4f}, iBOT {r['ibot']:.4f}, KoLeo {r['koleo']:.4f})"
             for r in card["first_logged"]) + ". Final (mean of the last 5 logs): "
-        + ", ".join(f"{k} {v:.3f}" for k, v in card["final_losses"].items()) + " (ln K = 7.625).",
+        + ", ".join(f"{k} {v:.3f}" for k, v in card["final_losses"].items())
+        + f" (DINO's uniform value ln K = {math.log(card['config']['ssl']['head']['out_dim']):.3f}).",
         "",
         "**Frozen accuracy of the label** (8 protein localisations; k-NN k=20 and a linear probe on CLS):",
         "",
@@ -268,6 +288,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop the pretraining after this step (same schedule; used to check the card's first losses)")
     parser.add_argument("--install", action="store_true", help="replace the copy shipped inside the package")
     args = parser.parse_args(argv)
+    try:
+        return _build(args)
+    except (UserError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _build(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
     run = pretrain(out, steps=args.steps, stop_after=args.stop_after)
@@ -285,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         target.mkdir(exist_ok=True)
         for f in dest.iterdir():
             shutil.copyfile(f, target / f.name)
+            (target / f.name).chmod(0o644)
         print(f"installed into {target}", file=sys.stderr)
     print((dest / "README.md").read_text())
     print(f"{card['name']}: {dest} (sha256 {card['weights']['sha256'][:12]}...)", file=sys.stderr)

@@ -34,8 +34,9 @@ class GramLoss(nn.Module):
 
     ``clip_negatives``: ``none`` keeps every similarity (DINOv3's default); ``both`` sets negative entries of
     both Gram matrices to 0 (DINOv3 ``remove_neg``); ``teacher`` sets the teacher's negative entries to 0 and
-    the student's only where both are negative (``remove_only_teacher_neg``), so a student similarity is
-    penalised below 0 only where the teacher's is positive.
+    the student's only where both are negative (the intent of ``remove_only_teacher_neg``), so a student
+    similarity is penalised below 0 only where the teacher's is positive. DINOv3's code clips the teacher first,
+    which leaves its student mask always empty (teacher-only clipping); we follow the documented intent.
     """
 
     def __init__(self, clip_negatives: ClipNegatives = "none") -> None:

@@ -417,7 +417,8 @@ def _load_builtin_export(directory: Path, cfg: dict[str, Any], *, in_chans: int 
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise UserError(f"{weights} is missing; a metadino backbone export needs config.json and model.safetensors")
-    state = load_file(str(weights))
+    # float32 before anything touches them: shipped foundations store float16 to stay small
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
     cur = int(args["in_chans"])
     if in_chans is not None and in_chans != cur:
         if 1 < in_chans < cur:
