@@ -79,7 +79,7 @@ def run(out: Path, *, steps: int, every: int, seed: int, arms: list[str]) -> Non
     table = out / "data" / "metadata.csv"
     if not table.is_file():
         generate_dataset(out / "data", seed=seed, overwrite=True, **DEMO_DATA)
-    tables = {s: load_table(table, rows={"split": s}) for s in ("train", "test")}
+    tables = {s: load_table(table, image_column="path", rows={"split": s}) for s in ("train", "test")}
     classes = sorted(set(tables["train"].frame["label"]))
     curves_path = out / "curves.json"
     curves = json.loads(curves_path.read_text()) if curves_path.is_file() else {}

@@ -56,8 +56,10 @@ def source_table(out: Path) -> Path:
     from metadino.data.synthetic import TABLE, generate_dataset
 
     data = out / "source"
-    if (data / TABLE).is_file() and json.loads((data / "generator.json").read_text())["parameters"] == SOURCE_DATA:
-        return data / TABLE
+    if (data / TABLE).is_file():
+        params = json.loads((data / "generator.json").read_text())["parameters"]
+        if all(params.get(k) == v for k, v in SOURCE_DATA.items()):
+            return data / TABLE
     return generate_dataset(data, progress=True, overwrite=True, **SOURCE_DATA)
 
 
@@ -157,7 +159,7 @@ def frozen_report(foundation: Path, out: Path, *, seed: int = 0) -> dict[str, An
     }
     results: dict[str, dict[str, dict[str, float]]] = {}
     for case, (path, fit, score) in cases.items():
-        tables = {s: load_table(path, rows={"split": s}) for s in (fit, score)}
+        tables = {s: load_table(path, image_column="path", rows={"split": s}) for s in (fit, score)}
         classes = sorted(set(tables[fit].frame["label"]))
         ys = {s: np.array([classes.index(v) for v in t.frame["label"]]) for s, t in tables.items()}
         feats = {
@@ -245,7 +247,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         "domain. It is the starting point of `metadino demo`, which adapts it to a *target* domain it has not seen.",
         "",
         "**Trained on:** `generate_dataset(" + ", ".join(f"{k}={v}" for k, v in card["trained_on"]["parameters"].items())
-        + ")`, rows with split == train; " + card["trained_on"]["disjoint_from"] + ".",
+        + ")`, rows with split == train; disjoint from " + card["trained_on"]["disjoint_from"] + ".",
         "",
         f"**Rebuild (one command):** `{card['command']}` — {card['steps']} steps, seed {card['seed']}, "
         f"trained at git {card['git_sha']}, torch {card['torch']}; measured "
