@@ -100,7 +100,7 @@ def run(out: Path, *, steps: int, every: int, seed: int, arms: list[str]) -> Non
             print(f"{arm}: step {state['step']}: k-NN {points[int(state['step'])]:.3f}", file=sys.stderr)
         curves[arm] = {"steps": sorted(points), "knn": [points[s] for s in sorted(points)]}
         curves_path.write_text(json.dumps(curves, indent=1) + "\n")
-        for path in list_checkpoints(run_dir)[:-1]:  # keep the last one (resume, export); the rest are measured
+        for path in list_checkpoints(run_dir)[1:]:  # newest first: keep the newest (resume); the rest are measured
             path.unlink()
 
 
