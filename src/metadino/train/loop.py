@@ -381,7 +381,9 @@ def train(
                 postfix = {"loss": f"{values['total']:.3f}", "img_s": f"{record['images_per_s']:.1f}", "lr": f"{sched['lr']:.2e}"}
                 if task.guides is not None:
                     postfix["λ"] = f"{sched['guide_lambda']:.2f}"
-                    postfix.update({name[len("guide/"):]: f"{values[name]:.3f}" for name in values if name.count("/") == 1 and name.startswith("guide/")})
+                    columns = set(task.guides.specs)  # guide columns only, not guide/lambda or guide/grad_norm_target
+                    postfix.update({name[len("guide/"):]: f"{values[name]:.3f}" for name in values
+                                    if name.count("/") == 1 and name.startswith("guide/") and name[len("guide/"):] in columns})
                 bar.set_postfix(postfix)
             stop_now = not all_ranks_true(not stop.requested, device)
             if step % cfg.train.checkpoint_every == 0 or step == end_step or stop_now:
