@@ -123,3 +123,18 @@ def test_purity_metrics_block_and_bad_columns():
         purity_metrics(x, frame, ["one"])
     lenient = purity_metrics(x, frame, ["one"], strict=False)
     assert "knn/one" not in lenient and "'one'" in lenient["notes"][0]
+
+
+def test_purity_metrics_shares_a_graph_only_between_columns_with_the_same_known_rows():
+    """The block builds each k-NN graph once per row selection; a column with missing cells gets its own graph,
+    so every entry equals its yardstick computed alone."""
+    x, label, group = clustered(seed=3, groups_cluster=True)
+    frame = pd.DataFrame({"label": label, "group": group, "full": label % 2,
+                          "holes": [None if i % 3 == 0 else v for i, v in enumerate(group)]})
+    block = purity_metrics(x, frame, ["full", "holes"], label_column="label", group_column="group", k=9)
+    for column in ("full", "holes"):
+        alone = knn_accuracy(x, frame[column], column=column, k=9)
+        assert block[f"knn/{column}"]["accuracy"] == alone.accuracy
+        assert block[f"knn/{column}"]["n_missing"] == alone.n_missing
+    share = same_group_share(x, frame["label"], frame["group"], label_column="label", group_column="group", k=9)
+    assert block["same_group_share"] == share.value and block["same_group_share_chance"] == share.chance

@@ -109,19 +109,32 @@ def given_design(frame: pd.DataFrame) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def _check_spec(column: str, given: Sequence[str], available: Sequence[str]) -> tuple[str, ...]:
+def check_spec(column: str, given: Sequence[str], available: Sequence[str]) -> tuple[str, ...]:
+    """`given` without duplicates, after checking that the spec names existing columns and is not circular."""
     given = tuple(dict.fromkeys(given))
     if not given:
-        raise UserError(f"conditional leakage of '{column}' needs at least one given column; "
-                        f"for plain leakage use leakage_table / --leakage-columns")
+        raise UserError(f"'{column}' needs at least one given column, e.g. {column}:cell_line "
+                        f"(plain leakage is leakage_table / --leakage-columns)")
     if column in given:
-        raise UserError(f"conditional leakage of '{column}' given '{column}' itself is undefined (always 0); "
-                        f"remove '{column}' from its given columns")
+        raise UserError(f"'{column}' cannot be given itself (conditional leakage of '{column}' given '{column}' "
+                        f"itself is always 0); remove it from its given columns")
     unknown = [c for c in (column, *given) if c not in available]
     if unknown:
-        raise UserError(f"unknown column(s) {', '.join(repr(c) for c in unknown)} for conditional leakage; "
+        raise UserError(f"unknown column {unknown[0]!r} for conditional leakage of '{column}'; "
                         f"available columns: {', '.join(available)}")
     return given
+
+
+def check_target(values: pd.Series, column: str, where: str = "") -> str:
+    """The kind of a conditional-leakage target (categorical or continuous); UserError for any other."""
+    kind = infer_column_kind(values)
+    if kind == "constant":
+        raise UserError(f"'{column}' has fewer than two distinct values{where}; conditional leakage of a constant "
+                        "is undefined")
+    if kind not in TARGET_KINDS:
+        raise UserError(f"conditional leakage supports categorical and continuous columns; '{column}' is {kind} "
+                        f"— leave it out or list it under plain leakage")
+    return kind
 
 
 def conditional_leakage(
@@ -148,7 +161,7 @@ def conditional_leakage(
             constant target, too few rows or classes — naming the column.
     """
     available = [str(c) for c in frame.columns]
-    given = _check_spec(column, given, available)
+    given = check_spec(column, given, available)
     x = check_features(features, len(frame), column)
     if folds < 2:
         raise UserError(f"conditional leakage needs at least 2 folds, got {folds}")
@@ -156,14 +169,8 @@ def conditional_leakage(
     known = np.asarray([not any(is_missing(v) for v in row) for row in cells.itertuples(index=False)], dtype=bool)
     n_missing = int((~known).sum())
     target = cells[column][known].reset_index(drop=True)
-    kind = infer_column_kind(target)
+    kind = check_target(target, column, f" in the rows where it and {', '.join(repr(g) for g in given)} are known")
     label = spec_key(column, given)
-    if kind == "constant":
-        raise UserError(f"column '{column}' has fewer than two distinct values in the rows where it and "
-                        f"{', '.join(repr(g) for g in given)} are known; conditional leakage of a constant is undefined")
-    if kind not in TARGET_KINDS:
-        raise UserError(f"conditional leakage supports categorical and continuous columns; '{column}' is {kind} "
-                        f"— leave it out or list it under plain leakage")
     design = given_design(cells.loc[known, list(given)].reset_index(drop=True))
     x = x[known]
     target_cells = list(target)
@@ -206,7 +213,7 @@ def conditional_leakage_table(
     Every spec is checked before the first probe runs, so a typo in the last one fails at once.
     """
     available = [str(c) for c in frame.columns]
-    checked = {column: _check_spec(column, given, available) for column, given in specs.items()}
+    checked = {column: check_spec(column, given, available) for column, given in specs.items()}
     from tqdm import tqdm  # only for the progress bar
 
     out: dict[str, ConditionalLeakage] = {}
@@ -216,4 +223,4 @@ def conditional_leakage_table(
     return out
 
 
-__all__ = ["ConditionalLeakage", "conditional_leakage", "conditional_leakage_table", "given_design", "spec_key"]
+__all__ = ["ConditionalLeakage", "check_spec", "check_target", "conditional_leakage", "conditional_leakage_table", "given_design", "spec_key"]

@@ -25,7 +25,7 @@ import torch
 from metadino.data.table import MetadataTable, infer_column_kind, load_table
 from metadino.errors import UserError
 from metadino.eval.features import Features, cached_extract, default_cache_dir, weights_digest
-from metadino.eval.conditional import conditional_leakage_table
+from metadino.eval.conditional import check_spec, check_target, conditional_leakage_table
 from metadino.eval.knn import knn_predict
 from metadino.eval.leakage import leakage_table
 from metadino.eval.linear import carve_validation, fit_linear_probe
@@ -155,7 +155,7 @@ def evaluate(
     group_column: str | None = None,
     probes: Sequence[str] = ("knn", "linear"),
     leakage_columns: Sequence[str] = (),
-    conditional_leakage: Mapping[str, Sequence[str]] = {},
+    conditional_leakage: Mapping[str, Sequence[str]] | None = None,
     purity_columns: Sequence[str] = (),
     image_column: str = "path",
     root: str | None = None,
@@ -199,7 +199,7 @@ def evaluate(
         if infer_column_kind(by_name["train"].table.frame[column]) == "constant":
             raise UserError(f"--leakage-columns: '{column}' has fewer than two distinct values in the train rows; "
                             "leakage of a constant column is undefined, drop it.")
-    conditional_leakage = _check_conditional(conditional_leakage, by_name["train"].table.frame)
+    conditional_leakage = _check_conditional(conditional_leakage or {}, by_name["train"].table.frame)
     purity_columns = _check_purity(purity_columns, by_name["train"].table.frame)
     backbone, pre = load_model(model)
     out = Path(out)
@@ -300,27 +300,15 @@ def evaluate(
 
 
 def _check_conditional(specs: Mapping[str, Sequence[str]], frame) -> dict[str, list[str]]:
-    """`specs` with duplicates removed; one-sentence UserErrors naming --conditional-leakage and the column."""
+    """`specs` with duplicates removed, checked by the component; its UserErrors name --conditional-leakage."""
     available = [str(c) for c in frame.columns]
     checked: dict[str, list[str]] = {}
     for target, given in specs.items():
-        given = list(dict.fromkeys([given] if isinstance(given, str) else given))
-        for column in (target, *given):
-            if column not in available:
-                raise UserError(f"--conditional-leakage: unknown column '{column}' (in '{target}:{'+'.join(given)}'); "
-                                f"available columns: {', '.join(available)}.")
-        if not given:
-            raise UserError(f"--conditional-leakage: '{target}' needs at least one given column, e.g. {target}:cell_line "
-                            "(plain leakage is --leakage-columns).")
-        if target in given:
-            raise UserError(f"--conditional-leakage: '{target}' cannot be given itself (its conditional leakage is "
-                            f"always 0); remove it from the columns after '{target}:'.")
-        kind = infer_column_kind(frame[target])
-        if kind in ("constant", "multilabel"):
-            what = "fewer than two distinct values in the train rows" if kind == "constant" else "multi-label cells"
-            raise UserError(f"--conditional-leakage: '{target}' has {what}; conditional leakage needs a categorical "
-                            "or continuous target, drop it.")
-        checked[target] = given
+        try:
+            checked[target] = list(check_spec(target, [given] if isinstance(given, str) else given, available))
+            check_target(frame[target], target, " in the train rows")
+        except UserError as err:
+            raise UserError(f"--conditional-leakage: {err}.") from None
     return checked
 
 

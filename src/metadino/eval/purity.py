@@ -95,9 +95,20 @@ def _codes(values: Sequence[Any]) -> tuple[np.ndarray, int]:
     return codes.astype(np.int64), len(names)
 
 
-def _graph(features: np.ndarray | torch.Tensor, rows: np.ndarray, k: int, device: str) -> np.ndarray:
+Graphs = dict[bytes, np.ndarray]
+
+
+def _graph(features: np.ndarray | torch.Tensor, rows: np.ndarray, k: int, device: str, graphs: Graphs | None) -> np.ndarray:
+    """The k-NN graph of `rows`; with `graphs`, built once per row selection (columns without missing cells
+    share one graph: it costs N² x D)."""
+    key = rows.tobytes()
+    if graphs is not None and key in graphs:
+        return graphs[key]
     x = torch.as_tensor(np.asarray(features)[rows] if isinstance(features, np.ndarray) else features[torch.from_numpy(rows)])
-    return knn_neighbours(x, k=k, device=device).numpy()
+    graph = knn_neighbours(x, k=k, device=device).numpy()
+    if graphs is not None:
+        graphs[key] = graph
+    return graph
 
 
 def _check(features: np.ndarray | torch.Tensor, n: int, k: int) -> None:
@@ -144,6 +155,7 @@ def knn_accuracy(
     column: str,
     k: int = DEFAULT_K,
     device: str = "cpu",
+    graphs: Graphs | None = None,
 ) -> KnnPurity:
     """Leave-one-out k-NN majority-vote accuracy of `values` on the cosine graph of `features` (module docstring).
 
@@ -152,6 +164,7 @@ def knn_accuracy(
         values: [N] a categorical column; missing cells are left out (with their rows, from the graph).
         column: its name, for messages.
         k: neighbours per row.
+        graphs: memo of k-NN graphs of these `features` and `k`, shared between calls.
 
     Raises:
         UserError: see :func:`check_categorical`, naming the column.
@@ -160,7 +173,7 @@ def knn_accuracy(
     known = _known(values)
     cells = check_categorical(values[known], column)
     y, n_classes = _codes(cells)
-    idx = _graph(features, np.flatnonzero(known), k, device)
+    idx = _graph(features, np.flatnonzero(known), k, device, graphs)
     pred = majority_vote(y[idx], n_classes)
     return KnnPurity(column=column, accuracy=float((pred == y).mean()),
                      balanced_accuracy=float(balanced_accuracy_score(y, pred)), chance=1.0 / n_classes,
@@ -176,6 +189,7 @@ def same_group_share(
     group_column: str,
     k: int = DEFAULT_K,
     device: str = "cpu",
+    graphs: Graphs | None = None,
 ) -> SameGroupShare:
     """Mean share of same-`groups` rows among each row's same-`labels` neighbours, and its chance level
     (module docstring).
@@ -190,7 +204,7 @@ def same_group_share(
     rows = np.flatnonzero(known)
     lab, _ = _codes([labels.iloc[i] for i in rows])
     grp, n_groups = _codes([groups.iloc[i] for i in rows])
-    idx = _graph(features, rows, k, device)
+    idx = _graph(features, rows, k, device, graphs)
     same_label = lab[idx] == lab[:, None]
     hits = same_label.sum(axis=1)
     queries = hits > 0
@@ -229,9 +243,10 @@ def purity_metrics(
     """
     out: dict[str, Any] = {"k": k}
     notes: list[str] = []
+    graphs: Graphs = {}
     for column in columns:
         try:
-            res = knn_accuracy(features, frame[column], column=column, k=k, device=device)
+            res = knn_accuracy(features, frame[column], column=column, k=k, device=device, graphs=graphs)
         except UserError as err:
             if strict:
                 raise
@@ -241,7 +256,7 @@ def purity_metrics(
     if label_column is not None and group_column is not None:
         try:
             share = same_group_share(features, frame[label_column], frame[group_column], label_column=label_column,
-                                     group_column=group_column, k=k, device=device)
+                                     group_column=group_column, k=k, device=device, graphs=graphs)
         except UserError as err:
             if strict:
                 raise

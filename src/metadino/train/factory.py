@@ -89,11 +89,16 @@ def frozen_copy(backbone: Backbone) -> Backbone:
     return snapshot.eval()
 
 
+def is_pretrained(model: ModelConfig) -> bool:
+    """Training starts from released weights (hf:, metadino:, a directory) rather than a random builtin: preset."""
+    return not model.backbone.startswith("builtin:")
+
+
 def resolve_stages(cfg: Config) -> tuple[int, int]:
     """(heads_only_steps, ramp_steps). Unset values default to a two-stage finetune for pretrained
     backbones (10% heads only, 5% ramp: released weights come without DINO/iBOT heads, and random
     heads would otherwise push noise into the backbone) and to single-stage training from scratch."""
-    pretrained = not cfg.model.backbone.startswith("builtin:")
+    pretrained = is_pretrained(cfg.model)
     st, steps = cfg.stages, cfg.train.steps
     heads_only = st.heads_only_steps if st.heads_only_steps is not None else (round(0.10 * steps) if pretrained else 0)
     ramp = st.ramp_steps if st.ramp_steps is not None else (round(0.05 * steps) if pretrained else 0)
@@ -107,7 +112,7 @@ def resolve_freeze_last_layer(cfg: Config) -> int:
     steps = cfg.ssl.freeze_last_layer_steps
     if steps is not None:
         return steps
-    share = 0.02 if not cfg.model.backbone.startswith("builtin:") else 0.30
+    share = 0.02 if is_pretrained(cfg.model) else 0.30
     return round(share * cfg.train.steps)
 
 
