@@ -342,7 +342,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from metadino.eval.audit import run_inspect
+    from metadino.audit.inspect import run_inspect
     from metadino.train.loop import resolve_device
 
     text = run_inspect(

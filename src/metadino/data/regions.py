@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from metadino.data.images import IMAGE_SUFFIXES, MAX_CHANNELS, load_image
 from metadino.data.seeding import draw_int, draw_uniform
 from metadino.data.table import MetadataTable, _list, _rows, _suggest
+from metadino.data.values import is_missing
 from metadino.errors import UserError
 
 
@@ -290,15 +290,6 @@ def read_image_size(path: Path) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------------------------- reading
 
 
-def _is_empty(value: object) -> bool:
-    if isinstance(value, str):
-        return value.strip() == ""
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
 def _to_float(value: object) -> float | None:
     """A finite number from a cell, or None."""
     if isinstance(value, (bool, np.bool_)):
@@ -320,7 +311,7 @@ def _read_boxes(table: MetadataTable, columns: list[str]) -> np.ndarray:
     first_bad: tuple[int, str, object] | None = None
     for i in range(len(table)):
         row = [cells[k][i] for k in range(4)]
-        empty = [_is_empty(v) for v in row]
+        empty = [is_missing(v) for v in row]
         if all(empty):
             continue
         if any(empty):
@@ -343,7 +334,7 @@ def _read_boxes(table: MetadataTable, columns: list[str]) -> np.ndarray:
         )
     if partial:
         i = table.row_numbers.index(partial[0])
-        empty_cols = [c for k, c in enumerate(columns) if _is_empty(cells[k][i])]
+        empty_cols = [c for k, c in enumerate(columns) if is_missing(cells[k][i])]
         raise UserError(
             f"{name}: the bounding-box columns {', '.join(repr(c) for c in columns)} are partly empty in "
             f"{_rows(partial)} (e.g. row {partial[0]}: {', '.join(repr(c) for c in empty_cols)} empty); fill all four "
@@ -375,7 +366,7 @@ def _read_mask_paths(table: MetadataTable, column: str, root: str | Path | None)
     root_dir = table.source.parent if root is None else Path(root).expanduser().absolute()
     paths: list[Path | None] = []
     for cell in table.frame[column].tolist():
-        if _is_empty(cell):
+        if is_missing(cell):
             paths.append(None)
             continue
         p = Path(str(cell).strip()).expanduser()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,13 +22,12 @@ import numpy as np
 import pandas as pd
 
 from metadino.data.images import IMAGE_SUFFIXES
+from metadino.data.values import category_label, is_missing, known_mask, multilabel_separator
 from metadino.errors import UserError
 
 TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".txt", ".tab", ".parquet", ".pq")
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 DEFAULT_MISSING_VALUES: tuple[str, ...] = ("", "NA", "NaN", "nan", "None", "null")
-MULTILABEL_SEPARATORS: tuple[str, ...] = ("|", ";")
-MULTILABEL_MIN_FRACTION = 0.25
 MAX_CATEGORICAL_INTEGERS = 20
 _SHOW_ROWS = 5
 _SHOW_VALUES = 10
@@ -90,8 +88,8 @@ def load_table(
         image_column: column holding image paths.
         root: folder that relative image paths are resolved against; defaults to the table's folder.
         rows: filter ``{column: value or list of values}``; all filters must hold (AND). Values are
-            compared as strings after ``str()``, with integer-valued numbers written without ``.0``, so
-            ``{"split": "1"}`` matches an integer column.
+            compared as class names (:func:`metadino.data.values.category_label`: integer-valued numbers
+            without ``.0``, text stripped), so ``{"split": "1"}`` matches an integer column.
         required_columns: columns that must exist (e.g. guide columns named in a config).
         missing_values: cell texts read as missing.
         check_files: check that every selected image file exists.
@@ -143,18 +141,14 @@ def infer_column_kind(series: pd.Series) -> str:
     - numbers (numeric dtype, or an object column whose values are all Python/numpy numbers):
       ``"categorical"`` when every value is a finite integer and there are at most 20 distinct values,
       otherwise ``"continuous"``. Booleans are categorical.
-    - strings: ``"multilabel"`` when, for one separator in ``("|", ";")``, at least 25 % of the
-      non-missing cells contain it **and** the labels are shared between cells (the number of distinct
-      labels after splitting and stripping is at most the number of distinct cell values — free text
-      that merely contains the separator has more distinct pieces than cells); otherwise
+    - strings: ``"multilabel"`` when :func:`metadino.data.values.multilabel_separator` finds a separator
+      (``"|"`` or ``";"`` in at least 25 % of the known cells, with labels shared between cells); otherwise
       ``"categorical"``.
 
     Returns:
         ``"categorical"``, ``"continuous"``, ``"multilabel"`` or ``"constant"``.
     """
-    values = series[~series.isna()]
-    if not pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
-        values = values[[not (isinstance(v, str) and v.strip() == "") for v in values]]
+    values = series[known_mask(series)]
     distinct = pd.unique(values)
     if len(distinct) < 2:
         return "constant"
@@ -170,16 +164,7 @@ def infer_column_kind(series: pd.Series) -> str:
         if integer_valued and len(distinct) <= MAX_CATEGORICAL_INTEGERS:
             return "categorical"
         return "continuous"
-    texts = [str(v) for v in values]
-    distinct_texts = set(texts)
-    for sep in MULTILABEL_SEPARATORS:
-        with_sep = sum(sep in t for t in texts)
-        if with_sep < MULTILABEL_MIN_FRACTION * len(texts):
-            continue
-        tokens = {tok.strip() for t in distinct_texts for tok in t.split(sep)} - {""}
-        if len(tokens) <= len(distinct_texts):
-            return "multilabel"
-    return "categorical"
+    return "categorical" if multilabel_separator([str(v) for v in values], default=None) is None else "multilabel"
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -233,22 +218,14 @@ def _blank_missing_tokens(frame: pd.DataFrame, missing: list[str]) -> pd.DataFra
 # --------------------------------------------------------------------------------------- filtering
 
 
-def _canonical(value: Any) -> str:
-    """Text form used to compare filter values: integer-valued numbers lose their '.0'."""
-    if isinstance(value, (np.generic,)):
-        value = value.item()
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def _canonical_wanted(value: Any, numeric_column: bool) -> str:
+    """A filter value as the class name it selects; "1" and "1.0" select 1 of a numeric column."""
     if numeric_column and isinstance(value, str):
         try:
-            return _canonical(float(value.strip()))
+            return category_label(float(value.strip()))
         except ValueError:
-            return value
-    return _canonical(value)
+            return category_label(value)
+    return category_label(value)
 
 
 def _apply_filters(frame: pd.DataFrame, rows: Mapping[str, Any], name: str) -> np.ndarray:
@@ -267,8 +244,8 @@ def _apply_filters(frame: pd.DataFrame, rows: Mapping[str, Any], name: str) -> n
         numeric = pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype)
         values = wanted if isinstance(wanted, (list, tuple, set, frozenset)) else [wanted]
         targets = {_canonical_wanted(v, numeric) for v in values}
-        present = series.isna().to_numpy()
-        texts = np.array([_canonical(v) for v in series.tolist()], dtype=object)
+        present = ~known_mask(series)
+        texts = np.array([category_label(v) for v in series.tolist()], dtype=object)
         match = np.array([t in targets for t in texts], dtype=bool) & ~present
         if not (keep & match).any():
             existing = pd.unique(texts[~present]) if (~present).any() else []
@@ -297,7 +274,7 @@ def _resolve_paths(
     empty: list[int] = []
     paths: list[Path] = []
     for cell, row in zip(cells.tolist(), row_numbers):
-        text = "" if _is_missing(cell) else str(cell).strip()
+        text = "" if is_missing(cell) else str(cell).strip()
         if not text:
             empty.append(row)
             paths.append(Path())
@@ -345,13 +322,6 @@ def _check_paths(paths: list[Path], row_numbers: list[int], name: str, column: s
 
 
 # ------------------------------------------------------------------------------------------ wording
-
-
-def _is_missing(value: Any) -> bool:
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def _rows(numbers: Sequence[int]) -> str:

@@ -9,33 +9,18 @@ and prototype update, never imputed as class 0.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pandas as pd
 import torch
 
 from metadino.data.table import MetadataTable, infer_column_kind
+from metadino.data.values import DEFAULT_SEPARATOR, category_label, is_missing, known_mask, split_labels
 from metadino.errors import UserError
 
 Kind = Literal["categorical", "multilabel", "continuous"]
-
-
-def _is_missing(value: Any) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and value.strip() == ""
-
-
-def _label(value: Any) -> str:
-    """Canonical class name: 3, 3.0 and "3" are the same category."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
 
 
 @dataclass
@@ -45,7 +30,7 @@ class ColumnEncoder:
     column: str
     kind: Kind
     classes: list[str] = field(default_factory=list)
-    separator: str = "|"
+    separator: str = DEFAULT_SEPARATOR
     minimum: float | None = None
     maximum: float | None = None
 
@@ -60,7 +45,7 @@ class ColumnEncoder:
         if self.kind == "continuous":
             values = torch.zeros(n, dtype=torch.float32)
             for i, v in enumerate(series.tolist()):
-                if not _is_missing(v):
+                if not is_missing(v):
                     values[i] = float(v)
                     valid[i] = True
             return values, valid
@@ -68,16 +53,16 @@ class ColumnEncoder:
         if self.kind == "categorical":
             values = torch.zeros(n, dtype=torch.long)
             for i, v in enumerate(series.tolist()):
-                j = None if _is_missing(v) else index.get(_label(v))
+                j = None if is_missing(v) else index.get(category_label(v))
                 if j is not None:
                     values[i] = j
                     valid[i] = True
             return values, valid
         values = torch.zeros(n, len(self.classes), dtype=torch.float32)
         for i, v in enumerate(series.tolist()):
-            if _is_missing(v):
+            if is_missing(v):
                 continue
-            hits = [index[t] for t in (p.strip() for p in str(v).split(self.separator)) if t in index]
+            hits = [index[t] for t in split_labels(v, self.separator) if t in index]
             if hits:
                 values[i, hits] = 1.0
                 valid[i] = True
@@ -100,8 +85,8 @@ class ColumnEncoder:
 
 
 def _numeric(series: pd.Series, table: MetadataTable, column: str) -> pd.Series:
-    numbers = pd.to_numeric(series.where(~series.map(_is_missing)), errors="coerce")
-    bad = [i for i, (raw, num) in enumerate(zip(series.tolist(), numbers.tolist())) if not _is_missing(raw) and pd.isna(num)]
+    numbers = pd.to_numeric(series.where(known_mask(series)), errors="coerce")
+    bad = [i for i, (raw, num) in enumerate(zip(series.tolist(), numbers.tolist())) if not is_missing(raw) and pd.isna(num)]
     if bad:
         rows = ", ".join(str(table.row_numbers[i]) for i in bad[:5])
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
@@ -113,7 +98,7 @@ def _numeric(series: pd.Series, table: MetadataTable, column: str) -> pd.Series:
 
 
 def build_encoder(
-    table: MetadataTable, column: str, *, kind: Kind | None = None, separator: str = "|", purpose: str = "guide"
+    table: MetadataTable, column: str, *, kind: Kind | None = None, separator: str = DEFAULT_SEPARATOR, purpose: str = "guide"
 ) -> ColumnEncoder:
     """Infer (or check) the kind of `column` and build its encoder from the table's rows.
 
@@ -134,12 +119,15 @@ def build_encoder(
     if kind == "continuous":
         numbers = _numeric(series, table, column)  # text cells are an error naming their rows
         return ColumnEncoder(column, "continuous", minimum=float(numbers.min()), maximum=float(numbers.max()))
-    present = [v for v in series.tolist() if not _is_missing(v)]
+    return ColumnEncoder(column, kind, classes=class_names(series, kind, separator), separator=separator)
+
+
+def class_names(series: pd.Series, kind: Kind, separator: str = DEFAULT_SEPARATOR) -> list[str]:
+    """Sorted classes of a categorical column (category labels) or a multilabel one (labels of its cells)."""
+    present = [v for v in series.tolist() if not is_missing(v)]
     if kind == "multilabel":
-        classes = sorted({t.strip() for v in present for t in str(v).split(separator)} - {""})
-    else:
-        classes = sorted({_label(v) for v in present})
-    return ColumnEncoder(column, kind, classes=classes, separator=separator)
+        return sorted({t for v in present for t in split_labels(v, separator)})
+    return sorted({category_label(v) for v in present})
 
 
 @dataclass

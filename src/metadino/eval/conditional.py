@@ -34,16 +34,15 @@ from sklearn.metrics import balanced_accuracy_score, r2_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from metadino.data.table import infer_column_kind
+from metadino.data.values import category_label, is_missing
 from metadino.errors import UserError
 from metadino.eval.leakage import (
     blas_threads,
-    category_label,
     check_features,
     continuous_targets,
     cv_predict,
     fold_classes,
     fold_note,
-    is_missing,
     make_probe,
 )
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from metadino.data.table import MetadataTable, infer_column_kind, load_table
+from metadino.data.targets import ColumnEncoder, class_names
+from metadino.data.values import DEFAULT_SEPARATOR, multilabel_separator
 from metadino.errors import UserError
 from metadino.eval.features import Features, cached_extract, default_cache_dir, weights_digest
 from metadino.eval.conditional import check_spec, check_target, conditional_leakage_table
@@ -48,30 +50,29 @@ class Split:
 
 @dataclass
 class Labels:
-    """Encoded label column: class ids [N] (single-label) or multi-hot [N, C] (multi-label)."""
+    """The label column, encoded as training encodes a guide column (:class:`ColumnEncoder`, same class names)."""
 
-    classes: list[str]
-    multilabel: bool
-    separator: str = "|"
+    encoder: ColumnEncoder
+
+    @property
+    def classes(self) -> list[str]:
+        return self.encoder.classes
+
+    @property
+    def multilabel(self) -> bool:
+        return self.encoder.kind == "multilabel"
+
+    @property
+    def separator(self) -> str:
+        return self.encoder.separator
 
     def encode(self, series) -> tuple[np.ndarray, np.ndarray]:
-        """(targets, known-row mask) of a column."""
-        known = series.notna().to_numpy()
-        index = {c: i for i, c in enumerate(self.classes)}
+        """(targets, labelled-row mask): class ids [N] (-1 where unlabelled) or multi-hot [N, C]."""
+        values, valid = self.encoder.encode(series)
+        known = valid.numpy()
         if self.multilabel:
-            y = np.zeros((len(series), len(self.classes)), dtype=int)
-            for row, cell in enumerate(series.tolist()):
-                if known[row]:
-                    for token in str(cell).split(self.separator):
-                        if token.strip():
-                            y[row, index[token.strip()]] = 1
-            return y, known
-        y = np.array([index.get(str(v), -1) if k else -1 for v, k in zip(series.tolist(), known)], dtype=int)
-        return y, known
-
-
-def _split_tokens(series, separator: str) -> list[str]:
-    return [t.strip() for cell in series.dropna().astype(str) for t in cell.split(separator) if t.strip()]
+            return values.numpy().astype(int), known
+        return np.where(known, values.numpy(), -1).astype(int), known
 
 
 def build_labels(label_column: str, splits: Sequence[Split]) -> Labels:
@@ -85,20 +86,16 @@ def build_labels(label_column: str, splits: Sequence[Split]) -> Labels:
             f"label column '{label_column}' holds continuous numbers; eval needs classes (use a categorical column, "
             "or list it under --leakage-columns to get R²)."
         )
-    multilabel = kind == "multilabel"
-    separator = "|" if values.dropna().astype(str).str.contains("|", regex=False).any() else ";"
-    if multilabel:
-        classes = sorted(set(_split_tokens(values, separator)))
-    else:
-        classes = sorted({str(v) for v in values.dropna().tolist()})
+    kind = "multilabel" if kind == "multilabel" else "categorical"
+    separator = multilabel_separator(values.tolist()) if kind == "multilabel" else DEFAULT_SEPARATOR
     train = splits[0].table.frame[label_column]
-    seen = set(_split_tokens(train, separator)) if multilabel else set(train.dropna().astype(str))
+    seen = class_names(train, kind, separator)
     if len(seen) < 2:
         raise UserError(
             f"label column '{label_column}' has {len(seen)} class(es) in the train rows ({len(train)} rows); "
             "a probe needs at least two: widen --train-rows."
         )
-    return Labels(classes=classes, multilabel=multilabel, separator=separator)
+    return Labels(ColumnEncoder(label_column, kind, classes=class_names(values, kind, separator), separator=separator))
 
 
 def _load_split(name: str, table: str | Path, rows: Mapping[str, Any], image_column: str, root: str | None,

@@ -17,7 +17,6 @@ Informative columns should leak *more* after metadata-guided adaptation, spuriou
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from metadino.data.table import MULTILABEL_MIN_FRACTION, MULTILABEL_SEPARATORS, infer_column_kind
+from metadino.data.table import infer_column_kind
+from metadino.data.values import category_label, known_mask, multilabel_separator, split_labels
 from metadino.errors import UserError
 
 LOGISTIC_C = 1.0
@@ -76,33 +76,6 @@ def make_probe(kind: str) -> Pipeline:
     if kind == "continuous":
         return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS, gcv_mode="svd"))
     return make_pipeline(StandardScaler(), LogisticRegression(C=LOGISTIC_C, max_iter=LOGISTIC_MAX_ITER))
-
-
-def is_missing(value: Any) -> bool:
-    """None, NA, NaN and blank strings are missing metadata."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return True
-    if isinstance(value, (float, np.floating)) and math.isnan(value):
-        return True
-    return isinstance(value, str) and value.strip() == ""
-
-
-def category_label(value: Any) -> str:
-    """Canonical class name: 3, 3.0 and "3" are the same category."""
-    if isinstance(value, (np.generic,)):
-        value = value.item()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
-def multilabel_separator(values: Sequence[Any]) -> str:
-    """The separator ('|' or ';') that `infer_column_kind` would have recognised in these cells."""
-    texts = [str(v) for v in values if not is_missing(v)]
-    for sep in MULTILABEL_SEPARATORS:
-        if sum(sep in t for t in texts) >= MULTILABEL_MIN_FRACTION * max(len(texts), 1):
-            return sep
-    return MULTILABEL_SEPARATORS[0]
 
 
 def fold_note(column: str, dropped: dict[str, int], folds: int) -> str:
@@ -221,7 +194,7 @@ def _continuous(x: np.ndarray, cells: list[Any], column: str, folds: int, seed: 
 
 def _multilabel(x: np.ndarray, cells: list[Any], column: str, folds: int, seed: int) -> Leakage:
     sep = multilabel_separator(cells)
-    sets = [{t.strip() for t in str(v).split(sep)} - {""} for v in cells]
+    sets = [set(split_labels(v, sep)) for v in cells]
     names = sorted(set().union(*sets)) if sets else []
     n = len(sets)
     scores: list[float] = []
@@ -275,7 +248,7 @@ def column_leakage(
     if kind not in KINDS:
         raise UserError(f"unknown column kind '{kind}' for '{column}'; use one of {', '.join(KINDS)}")
     cells = list(values)
-    known = np.asarray([not is_missing(v) for v in cells], dtype=bool)
+    known = known_mask(values)
     known_cells = [v for v, k in zip(cells, known) if k]
     probe = {"categorical": _categorical, "continuous": _continuous, "multilabel": _multilabel}[kind]
     with blas_threads(x):
@@ -309,5 +282,5 @@ def leakage_table(
     return out
 
 
-__all__ = ["KINDS", "FoldClasses", "Leakage", "blas_threads", "category_label", "check_features", "column_leakage",
-           "continuous_targets", "cv_predict", "fold_classes", "fold_note", "is_missing", "leakage_table", "make_probe"]
+__all__ = ["KINDS", "FoldClasses", "Leakage", "blas_threads", "check_features", "column_leakage", "continuous_targets",
+           "cv_predict", "fold_classes", "fold_note", "leakage_table", "make_probe"]

@@ -32,9 +32,9 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from metadino.data.table import infer_column_kind
+from metadino.data.values import category_label, is_missing, known_mask
 from metadino.errors import UserError
 from metadino.eval.knn import knn_neighbours
-from metadino.eval.leakage import category_label, is_missing
 
 DEFAULT_K = 20
 
@@ -83,10 +83,6 @@ class SameGroupShare:
     n_rows: int
     n_missing: int
     k: int
-
-
-def _known(values: pd.Series) -> np.ndarray:
-    return np.asarray([not is_missing(v) for v in values], dtype=bool)
 
 
 def _codes(values: Sequence[Any]) -> tuple[np.ndarray, int]:
@@ -170,7 +166,7 @@ def knn_accuracy(
         UserError: see :func:`check_categorical`, naming the column.
     """
     _check(features, len(values), k)
-    known = _known(values)
+    known = known_mask(values)
     cells = check_categorical(values[known], column)
     y, n_classes = _codes(cells)
     idx = _graph(features, np.flatnonzero(known), k, device, graphs)
@@ -200,7 +196,7 @@ def same_group_share(
     _check(features, len(labels), k)
     if len(groups) != len(labels):
         raise ValueError(f"'{label_column}' has {len(labels)} rows but '{group_column}' has {len(groups)}")
-    known = _known(labels) & _known(groups)
+    known = known_mask(labels) & known_mask(groups)
     rows = np.flatnonzero(known)
     lab, _ = _codes([labels.iloc[i] for i in rows])
     grp, n_groups = _codes([groups.iloc[i] for i in rows])
