@@ -149,7 +149,7 @@ def test_ema_balancing_before_any_gradient_keeps_plain_sum_and_no_state():
 
 def test_guide_set_commits_the_ema_only_in_update_and_saves_it_in_state_dict():
     from metadino.guidance.guides import GuideSet, GuideSpec
-    from metadino.guidance.heads import MLPClassifier
+    from metadino.guidance.mlp import MLPClassifier
 
     torch.manual_seed(0)
     specs = [GuideSpec("a", "informative", 0.1), GuideSpec("b", "spurious", 0.01)]

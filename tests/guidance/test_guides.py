@@ -4,7 +4,7 @@ import torch
 
 from metadino.data.targets import ColumnEncoder
 from metadino.guidance.guides import GuideSet, GuideSpec
-from metadino.guidance.heads import MLPClassifier
+from metadino.guidance.mlp import MLPClassifier
 
 
 def _batch(B=6):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from metadino.guidance.balance import balance_guides
 from metadino.guidance.grl import GradientScaling, scale_gradient
-from metadino.guidance.heads import GuideHead, GuideOutput, MLPClassifier, MLPRegressor, PrototypeBank
+from metadino.guidance.head import GuideHead, GuideOutput
+from metadino.guidance.mlp import MLPClassifier, MLPRegressor
+from metadino.guidance.prototypes import PrototypeBank
 from metadino.guidance.schedule import LAMBDA_SCHEDULES, guidance_lambda
 
 __all__ = [

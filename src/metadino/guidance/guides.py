@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from metadino.data.targets import ColumnEncoder
 from metadino.guidance.balance import GradNormEMA, balance_guides
-from metadino.guidance.heads import GuideHead
+from metadino.guidance.head import GuideHead
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from metadino.errors import UserError
 from metadino.data.table import MetadataTable
 from metadino.data.targets import ColumnEncoder, build_encoder
 from metadino.guidance.guides import GuideSet, GuideSpec
-from metadino.guidance.heads import GuideHead, MLPClassifier, MLPRegressor, PrototypeBank
+from metadino.guidance import GuideHead, MLPClassifier, MLPRegressor, PrototypeBank
 from metadino.data.crops import MultiCropAugmentation
 from metadino.data.photometric import build_photometric
 from metadino.models.adapt import apply_lora, freeze_backbone
