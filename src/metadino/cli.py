@@ -209,6 +209,26 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     _add_table_options(p)
 
 
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "config",
+        help="list the config keys with their type, default and meaning",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            Print the config reference: every key of a training config, its type, its default and what it does
+            (the same text as the README's config table, generated from the schema).
+
+            examples:
+              metadino config                      # every key
+              metadino config crops                # one section
+              metadino config guidance.guides      # the keys of one guide
+            """
+        ),
+    )
+    p.add_argument("key", nargs="?", default=None, help="a key or section, e.g. crops or ssl.gram.weight")
+
+
 def _add_table_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-column", default="path", help="column with image paths (default: path)")
     p.add_argument("--root", default=None, help="folder relative image paths start from (default: the table's folder)")
@@ -264,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(sub)
     _add_eval(sub)
     _add_inspect(sub)
+    _add_config(sub)
     return parser
 
 
@@ -360,6 +381,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    from metadino.config.reference import text_reference
+
+    print(text_reference(args.key), end="")
+    return 0
+
+
 def _quiet_libraries() -> None:
     """transformers prints load reports and progress bars on every from_pretrained; ours say enough."""
     try:
@@ -378,6 +406,7 @@ COMMANDS = {
     "demo": _cmd_demo,
     "eval": _cmd_eval,
     "inspect": _cmd_inspect,
+    "config": _cmd_config,
 }
 
 

@@ -76,8 +76,8 @@ class ModelConfig:
     num_registers: int = opt(0, "Register tokens of the built-in ViT.")
     layerscale_init: float | None = opt(
         1e-5,
-        "LayerScale init of the built-in ViT: 1e-5 as DINOv2, null for none (DINOv1). Short from-scratch runs "
-        "learn faster with larger values.",
+        "LayerScale init of the built-in ViT: 1.0e-05 as DINOv2, null for none (DINOv1). Short from-scratch runs "
+        "learn faster with larger values. Write 1.0e-5, not 1e-5: YAML reads the latter as text.",
     )
     drop_path_rate: float = opt(0.1, "Stochastic depth of the student (built-in ViT), in [0, 1).")
     channel_expansion: Literal["mean"] = opt(
@@ -261,7 +261,11 @@ class CropsConfig:
 class OptimConfig:
     """AdamW with warm-up + cosine learning rate and a cosine weight-decay schedule."""
 
-    lr: float = opt(5e-4, "Peak AdamW learning rate, reached after warmup_steps (absolute: not rescaled by batch size).")
+    lr: float = opt(
+        5e-4,
+        "Peak AdamW learning rate, reached after warmup_steps (absolute: not rescaled by batch size). Write small "
+        "values as 5.0e-5 or 0.00005: YAML reads 5e-5 (no dot) as text.",
+    )
     min_lr: float = opt(1e-6, "Learning rate at the end of the cosine decay.")
     warmup_steps: int = opt(0, "Steps of linear learning-rate warm-up from 0.")
     weight_decay: float = opt(0.04, "Weight decay at step 0 (none on biases, norms and layer scale).")
