@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from metadino.data.crops import (
     Crops,
@@ -157,8 +156,6 @@ def test_sizes_must_be_multiples_of_patch() -> None:
         _aug(global_size=30)
     with pytest.raises(ValueError, match="local_size"):
         _aug(local_size=12)
-    with pytest.raises(ValueError, match="multiple"):
-        _aug().eval_transform(_img(), 20)
 
 
 def test_bad_images_raise() -> None:
@@ -167,19 +164,6 @@ def test_bad_images_raise() -> None:
         aug(_img(3), seed=0, epoch=0, index=0)
     with pytest.raises(ValueError, match="float"):
         aug(torch.zeros(4, 8, 8, dtype=torch.uint8), seed=0, epoch=0, index=0)
-
-
-def test_eval_transform_resize_center_crop_normalize() -> None:
-    img = _img(2, 40, 80)
-    aug = _aug(2, "none", patch_size=8)
-    out = aug.eval_transform(img, 32)
-    ref = F.interpolate(img[None], size=(32, 64), mode="bilinear", align_corners=False, antialias=True)[0]
-    torch.testing.assert_close(out, ref[:, :, 16:48])
-    assert torch.equal(out, aug.eval_transform(img, 32))
-    micro = _aug(2, "microscopy").eval_transform(img * 255.0, 16)
-    assert micro.shape == (2, 16, 16)
-    torch.testing.assert_close(micro.mean(dim=(1, 2)), torch.zeros(2), atol=1e-5, rtol=0)
-    assert torch.equal(micro, _aug(2, "microscopy").eval_transform(img * 255.0, 16))
 
 
 # ------------------------------------------------------------------------------ label-guided crops (DINO-LG)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from metadino.data.masking import MaskingGenerator
-from metadino.data.photometric import Photometric
+from metadino.data.photometric.presets import Photometric
 from metadino.data.regions import Region
 from metadino.data.seeding import draw_int, draw_uniform, make_generator
 
@@ -304,13 +304,6 @@ class MultiCropAugmentation:
             for i in range(self.n_local)
         ]
         return Crops(global_crops=global_crops, local_crops=local_crops, masks=masks)
-
-    def eval_transform(self, image: torch.Tensor, size: int) -> torch.Tensor:
-        """Deterministic evaluation view (see :func:`eval_view`); ``size`` must be a multiple of patch_size."""
-        self._check(image)
-        if size < self.patch_size or size % self.patch_size:
-            raise ValueError(f"eval size {size} must be a positive multiple of patch_size={self.patch_size}")
-        return eval_view(image, size, self.photometric)
 
 
 def eval_view(image: torch.Tensor, size: int, photometric: Photometric) -> torch.Tensor:
