@@ -1,7 +1,8 @@
 """Metadata columns -> tensors for guide heads, each with a validity mask.
 
-Encodings are built once from the training table and saved with the run (``vocab.json``), so the
-same class indices are used at evaluation. A missing cell (empty, NaN, a declared missing token) or
+Encodings are built once from the training table and saved with the run (``vocab.json``, read back by
+:func:`load_vocab`). Cells are read by :mod:`metadino.data.values`, the rules evaluation and the audit use
+too, so a class has the same name everywhere. A missing cell (empty, NaN, a declared missing token) or
 a category unseen when the vocabulary was built is *invalid*: it is masked out of that guide's loss
 and prototype update, never imputed as class 0.
 """
@@ -147,9 +148,6 @@ class TableTargets:
 
     def row(self, index: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return {k: (self.values[k][index], self.valid[k][index]) for k in self.encoders}
-
-    def valid_fraction(self) -> dict[str, float]:
-        return {k: float(v.float().mean()) for k, v in self.valid.items()}
 
 
 def save_vocab(path: str | Path, encoders: dict[str, ColumnEncoder]) -> None:
