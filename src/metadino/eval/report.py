@@ -99,13 +99,16 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 def _scatter(ax, xy: np.ndarray, values, title: str) -> None:
     import pandas as pd
 
+    from metadino.data.values import category_label, known_mask
+
     values = pd.Series(values).reset_index(drop=True)
     numeric = pd.api.types.is_numeric_dtype(values) and values.nunique() > MAX_LEGEND
     if numeric:
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=values.to_numpy(dtype=float), s=4, cmap="viridis")
         ax.figure.colorbar(sc, ax=ax, fraction=0.046)
     else:
-        shown = values.astype(object).where(values.notna(), "(missing)").astype(str)
+        shown = pd.Series([category_label(v) if k else "(missing)" for v, k in zip(values, known_mask(values))],
+                          dtype=object)
         top = shown.value_counts().index[:MAX_LEGEND]
         shown = shown.where(shown.isin(top), "(other)")
         for name in sorted(shown.unique()):
