@@ -62,7 +62,7 @@ def _worker(mode: str, args: argparse.Namespace, n_steps: int) -> dict:
     from metadino.config import config_from_dict
     from metadino.models.adapt import count_parameters
     from metadino.train.factory import build_backbone_from_config, build_task
-    from metadino.train.loop import _clip_groups, resolve_device
+    from metadino.device import resolve_device
     from metadino.train.optim import apply_optim_schedule, build_param_groups
 
     try:  # LoRA imports peft (+ transformers): import it in every mode so that no mode's peak includes it
@@ -92,12 +92,11 @@ def _worker(mode: str, args: argparse.Namespace, n_steps: int) -> dict:
 
     torch.manual_seed(0)
     task = build_task(cfg, build_backbone_from_config(cfg.model, image_size=64)).to(device).train()
-    heads = [("dino_head", task.student.dino_head), ("ibot_head", task.student.ibot_head)]
-    groups = build_param_groups(task.student.backbone, heads, layer_decay=cfg.optim.layer_decay,
+    groups = build_param_groups(task.student.backbone, task.named_heads(), layer_decay=cfg.optim.layer_decay,
                                 patch_embed_lr_mult=cfg.optim.patch_embed_lr_mult)
     optimizer = torch.optim.AdamW(groups, lr=0.0, betas=cfg.optim.betas)
     apply_optim_schedule(optimizer, lr=1e-4, weight_decay=0.04, last_layer_lr=1e-4)
-    clip = [p for p in _clip_groups(task).values() if p]
+    clip = [p for p in task.clip_groups().values() if p]
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
     times, cpu_times = [], []
     for step in range(args.warmup + n_steps):
@@ -105,14 +104,13 @@ def _worker(mode: str, args: argparse.Namespace, n_steps: int) -> dict:
             torch.cuda.synchronize(device)
         t0, c0 = time.perf_counter(), time.process_time()
         with autocast:
-            terms = task(batch, teacher_temp=0.07, step=step)
-        task.apply_pending_updates()
+            out = task.training_step(batch, teacher_temp=0.07, step=step)
         optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        out.loss.backward()
         for params in clip:
             torch.nn.utils.clip_grad_norm_(params, 3.0)
         optimizer.step()
-        task.update_teacher(0.994)
+        task.commit(0.994)
         if cuda:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)

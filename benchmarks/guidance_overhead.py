@@ -66,12 +66,11 @@ def build(table_path: Path, batch_size: int, guided: bool):
 
 def step(task, batch, opt) -> float:
     t0 = time.perf_counter()
-    terms = task(batch, teacher_temp=0.07, step=100, guide_lambda=0.5)
-    task.apply_pending_updates()
+    out = task.training_step(batch, teacher_temp=0.07, step=100, guide_lambda=0.5)
     opt.zero_grad(set_to_none=True)
-    terms["total"].backward()
+    out.loss.backward()
     opt.step()
-    task.update_teacher(0.99)
+    task.commit(0.99)
     return time.perf_counter() - t0
 
 

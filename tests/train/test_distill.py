@@ -12,7 +12,7 @@ from metadino.config import config_from_dict
 from metadino.errors import UserError
 from metadino.export import backbone_from_run, load_model
 from metadino.losses import sinkhorn_knopp
-from metadino.models.backbone import build_backbone
+from metadino.models.registry import build_backbone
 from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.factory import build_backbone_from_config, build_task
 from metadino.train.loop import train
@@ -57,7 +57,7 @@ def test_targets_come_from_the_frozen_teacher_and_its_weights_never_change(image
     batch, losses = _batch(), []
     for _ in range(3):
         heads_before = {k: v.clone() for k, v in task.teacher.dino_head.state_dict().items()}
-        terms = task(batch, teacher_temp=0.07)
+        terms = task.training_step(batch, teacher_temp=0.07).terms
         assert torch.isfinite(terms["total"])
         losses.append(float(terms["total"].detach()))
         opt.zero_grad()
@@ -104,7 +104,7 @@ def test_equal_widths_need_no_projection_and_lora_students_distill(image_table, 
     lora = {"mode": "lora", "lora": {"rank": 2, "target_modules": ["qkv"]}}
     task = _task(_cfg(image_table, teacher_dir, model={"embed_dim": 48}, adapt=lora))
     assert task.student.proj is None
-    terms = task(_batch(), teacher_temp=0.07)
+    terms = task.training_step(_batch(), teacher_temp=0.07).terms
     terms["total"].backward()
     assert all(p.grad is None for p in task.teacher.parameters())
     pairs = task.ema_pairs()
@@ -119,6 +119,6 @@ def test_teacher_must_fit_the_student(tmp_path, image_table, teacher_dir):
         _task(_cfg(image_table, tmp_path / "p16"))
     # dinov1 has no patch targets; the global crop must still be a multiple of the teacher's patch
     task = _task(_cfg(image_table, tmp_path / "p16", ssl={"method": "dinov1"}))
-    assert torch.isfinite(task(_batch(), teacher_temp=0.07)["total"])
+    assert torch.isfinite(task.training_step(_batch(), teacher_temp=0.07).terms["total"])
     with pytest.raises(UserError, match="randomly initialised"):
         _task(config_from_dict(tiny_config(image_table, ssl={"distill": {"teacher": "builtin:vit-small"}})))

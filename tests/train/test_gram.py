@@ -53,7 +53,7 @@ def _task(image_table, **ssl):
 def test_off_by_default_no_gram_teacher_and_no_term(image_table):
     task = _task(image_table)
     assert task.gram_teacher is None
-    assert "gram" not in task(_batch(masked=True), teacher_temp=0.07)
+    assert "gram" not in task.training_step(_batch(masked=True), teacher_temp=0.07).terms
     assert not any(k.startswith("gram_teacher.") for k in task.state_dict())
 
 
@@ -70,7 +70,7 @@ def test_gram_term_value_total_and_frozen_teacher(image_table):
     assert not any(id(p) in {id(q) for q in gram.parameters()} for g in groups for p in g["params"])
 
     batch = _batch(masked=True)
-    terms = task(batch, teacher_temp=0.07)
+    terms = task.training_step(batch, teacher_temp=0.07).terms
     out = task.student(batch["global"], batch["local"], batch["masks"], mask_inputs=True)
     expected = GramLoss()(out["global_patches"], gram(batch["global"]).patches)
     torch.testing.assert_close(terms["gram"], expected)
@@ -84,7 +84,7 @@ def test_gram_term_value_total_and_frozen_teacher(image_table):
 def test_gram_is_exactly_zero_when_the_student_sees_what_the_gram_teacher_sees(image_table):
     # Same weights (step 0), no masked token, no drop-path: identical patch tokens, identical Gram matrices.
     task = _task(image_table, gram={"weight": 1.0})
-    assert task(_batch(masked=False), teacher_temp=0.07)["gram"].item() == 0.0
+    assert task.training_step(_batch(masked=False), teacher_temp=0.07).terms["gram"].item() == 0.0
 
 
 def _gram_run_cfg(image_table, **train_extra):
@@ -153,4 +153,4 @@ def test_lora_gram_teacher_shares_the_frozen_base_and_copies_the_adapters(image_
     assert shared and all(not student[id(p)] for p in shared)  # only frozen base weights are shared
     assert len(shared) < len(gram_params)  # the adapters are copies
     # zero-initialised adapters: the student computes the base model, so with no masked token the term is 0
-    assert task(_batch(masked=False), teacher_temp=0.07)["gram"].item() == 0.0
+    assert task.training_step(_batch(masked=False), teacher_temp=0.07).terms["gram"].item() == 0.0

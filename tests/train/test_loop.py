@@ -227,7 +227,7 @@ def test_prototypes_stay_frozen_for_the_default_share_of_a_from_scratch_run(tmp_
 
 def test_loop_feeds_the_uniform_target_watch_and_prints_its_warning_once(tmp_path, image_table, capsys, monkeypatch):
     # Every step counts as "at ln K" (margin 1000 %), so the watch fills its window after skip + window steps.
-    import metadino.train.loop as loop
+    import metadino.train.run as run
     from metadino.train.watch import UniformTargetWatch
 
     fed = []
@@ -237,7 +237,7 @@ def test_loop_feeds_the_uniform_target_watch_and_prints_its_warning_once(tmp_pat
             fed.append((step, dino))
             return super().update(step, dino)
 
-    monkeypatch.setattr(loop, "UniformTargetWatch", lambda k, window: Everything(k, window=window, margin=10.0, skip=2))
+    monkeypatch.setattr(run, "UniformTargetWatch", lambda k, window: Everything(k, window=window, margin=10.0, skip=2))
     cfg = config_from_dict(tiny_config(image_table, train={"steps": 30, "checkpoint_every": 30, "log_every": 10}))
     result = train(cfg, tmp_path / "run", progress=False)
     assert [s for s, _ in fed] == list(range(1, 31))  # the step count after each step, as logged

@@ -74,10 +74,10 @@ def _lambda_cfg(lam: dict, stages: dict | None = None, backbone: str = "builtin:
 def test_lambda_ramp_from_unfreeze_in_schedule_values():
     """guidance.lambda.start: unfreeze holds λ at 0 through the heads-only stage, then runs the ramp over the rest."""
     from metadino.guidance.schedule import guidance_lambda
-    from metadino.train.loop import schedule_values
+    from metadino.train.factory import build_schedule
 
     stages = {"heads_only_steps": 4, "ramp_steps": 2}
-    lam = lambda cfg, steps: [schedule_values(cfg, s)["guide_lambda"] for s in steps]
+    lam = lambda cfg, steps: [build_schedule(cfg)(s)["guide_lambda"] for s in steps]
     steps = [0, 3, 4, 5, 12, 19]
     from_step0 = lam(_lambda_cfg({}, stages), steps)
     from_unfreeze = lam(_lambda_cfg({"start": "unfreeze"}, stages), steps)
@@ -87,7 +87,7 @@ def test_lambda_ramp_from_unfreeze_in_schedule_values():
     assert from_unfreeze == pytest.approx(expected, rel=1e-12)
     # the backbone scale (what "unfreeze" means) is 0 exactly where λ is held at 0 before the ramp starts
     cfg = _lambda_cfg({"start": "unfreeze"}, stages)
-    assert [schedule_values(cfg, s)["backbone_scale"] for s in (3, 4)] == [0.0, 0.5]
+    assert [build_schedule(cfg)(s)["backbone_scale"] for s in (3, 4)] == [0.0, 0.5]
     # combined with warmup_steps: the later of the two
     late_warmup = lam(_lambda_cfg({"start": "unfreeze", "warmup_steps": 8}, stages), [7, 8, 12])
     assert late_warmup == pytest.approx([0.0, 0.0, 2 / (1 + math.exp(-10 * 4 / 12)) - 1])
@@ -96,12 +96,12 @@ def test_lambda_ramp_from_unfreeze_in_schedule_values():
 
 
 def test_lambda_ramp_from_unfreeze_uses_the_resolved_default_stages_of_a_pretrained_backbone():
-    from metadino.train.loop import schedule_values
+    from metadino.train.factory import build_schedule
 
     # stages unset + pretrained backbone: heads-only = 10 % of 50 steps = 5
     cfg = _lambda_cfg({"start": "unfreeze"}, backbone="hf:facebook/dinov2-small", steps=50)
-    values = [schedule_values(cfg, s)["guide_lambda"] for s in (4, 5, 6)]
+    values = [build_schedule(cfg)(s)["guide_lambda"] for s in (4, 5, 6)]
     assert values[:2] == [0.0, 0.0] and values[2] == pytest.approx(2 / (1 + math.exp(-10 / 45)) - 1)
     scratch = _lambda_cfg({"start": "unfreeze"})  # builtin: no heads-only stage, so the ramp starts at step 0
-    assert [schedule_values(scratch, s)["guide_lambda"] for s in (0, 5)] == \
-        [schedule_values(_lambda_cfg({}), s)["guide_lambda"] for s in (0, 5)]
+    assert [build_schedule(scratch)(s)["guide_lambda"] for s in (0, 5)] == \
+        [build_schedule(_lambda_cfg({}))(s)["guide_lambda"] for s in (0, 5)]

@@ -28,7 +28,7 @@ def _task(image_table, **ssl):
 def test_sigreg_term_matches_reference_formula_and_replaces_koleo(image_table):
     task = _task(image_table, sigreg={"weight": 0.05})
     batch = _batch()
-    terms = task(batch, teacher_temp=0.07, step=7)
+    terms = task.training_step(batch, teacher_temp=0.07, step=7).terms
     assert "koleo" not in terms and "sigreg" in terms
     out = task.student(batch["global"], batch["local"], batch["masks"], mask_inputs=True)
     bottleneck = out["bottleneck"].view(2, 4, -1)
@@ -40,13 +40,13 @@ def test_sigreg_term_matches_reference_formula_and_replaces_koleo(image_table):
 
 
 def test_sigreg_with_koleo_too(image_table):
-    terms = _task(image_table, sigreg={"weight": 0.05, "koleo_too": True})(_batch(), teacher_temp=0.07, step=0)
+    terms = _task(image_table, sigreg={"weight": 0.05, "koleo_too": True}).training_step(_batch(), teacher_temp=0.07, step=0).terms
     assert "koleo" in terms and "sigreg" in terms
 
 
 def test_every_trainable_parameter_gets_a_finite_gradient_and_teacher_none(image_table):
     task = _task(image_table)
-    terms = task(_batch(), teacher_temp=0.07)
+    terms = task.training_step(_batch(), teacher_temp=0.07).terms
     terms["total"].backward()
     for name, p in task.student.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name

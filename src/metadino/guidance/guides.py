@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from metadino.data.targets import ColumnEncoder
@@ -122,14 +121,3 @@ class GuideSet(nn.Module):
             self.heads[name].update(teacher_cls, batch["targets"][name], batch["valid"][name])
         if self.balance_ema is not None:
             self.balance_ema.commit()
-
-    def sync_gradients(self) -> None:
-        """Average guide-head gradients over ranks (the heads live outside the DDP-wrapped student)."""
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return
-        world = dist.get_world_size()
-        for p in self.parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)  # keep the collective calls identical on every rank
-            dist.all_reduce(p.grad)
-            p.grad /= world

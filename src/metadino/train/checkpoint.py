@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from metadino.errors import UserError
+from metadino.files import atomic_write
 
 SCHEMA_VERSION = 1
 LATEST = "latest"
@@ -25,26 +26,14 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], *, keep: int) -> Path:
     """Write ``state`` for `step` (the number of completed steps) and prune older checkpoints."""
     directory = checkpoint_dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:08d}.pt"
     payload = {"schema_version": SCHEMA_VERSION, "step": step, **state}
-    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    _atomic_write(directory / LATEST, lambda tmp: tmp.write_text(path.name + "\n"))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp), fsync=True)
+    atomic_write(directory / LATEST, lambda tmp: tmp.write_text(path.name + "\n"), fsync=True)
     for old in sorted(directory.glob("step_*.pt"))[:-keep]:
         old.unlink()
     return path

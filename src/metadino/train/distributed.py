@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from metadino.ranks import is_distributed
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -24,10 +26,6 @@ class DistInfo:
         return self.world_size > 1
 
 
-def is_dist() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def init_distributed(device: torch.device) -> DistInfo:
     """Initialise the default group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -40,7 +38,7 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 def all_ranks_true(flag: bool, device: torch.device) -> bool:
     """True only if `flag` holds on every rank (used so all ranks stop together)."""
-    if not is_dist():
+    if not is_distributed():
         return flag
     t = torch.tensor([0.0 if flag else 1.0], device=device)
     dist.all_reduce(t)
@@ -49,7 +47,7 @@ def all_ranks_true(flag: bool, device: torch.device) -> bool:
 
 def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average logged scalars over ranks (for logging only)."""
-    if not is_dist() or not values:
+    if not is_distributed() or not values:
         return values
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], device=device, dtype=torch.float64)
@@ -59,7 +57,7 @@ def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[st
 
 
 def barrier() -> None:
-    if is_dist():
+    if is_distributed():
         dist.barrier()
 
 

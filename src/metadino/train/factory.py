@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 
@@ -15,10 +16,27 @@ from metadino.guidance import GuideHead, MLPClassifier, MLPRegressor, PrototypeB
 from metadino.data.crops import MultiCropAugmentation
 from metadino.data.photometric import build_photometric
 from metadino.models.adapt import apply_lora, freeze_backbone
-from metadino.models.backbone import Backbone, build_backbone
+from metadino.models.backbone import Backbone
+from metadino.models.registry import build_backbone
 from metadino.models.heads import DINOHead
+from metadino.guidance.schedule import lambda_ramp_start
 from metadino.train.distill import build_distill_pair, check_teacher_compatible
+from metadino.train.optim import build_param_groups
+from metadino.train.schedules import StepSchedule
 from metadino.train.task import SSLModel, SSLTask
+
+
+def preprocessing_from_config(cfg: Config, backbone: Backbone) -> dict[str, Any]:
+    """What ``preprocessing.json`` records for a backbone trained with `cfg` (evaluation and embedding read it)."""
+    return {
+        "image_size": cfg.crops.global_size,
+        "in_chans": cfg.model.in_chans,
+        "patch_size": backbone.patch_size,
+        "photometric": cfg.crops.photometric,
+        "mean": cfg.crops.mean,
+        "std": cfg.crops.std,
+        "embed_dim": backbone.embed_dim,
+    }
 
 
 def build_backbone_from_config(model: ModelConfig, *, image_size: int) -> Backbone:
@@ -46,12 +64,6 @@ def adapt_backbone(cfg: Config, backbone: Backbone) -> None:
     a = cfg.adapt
     if a.mode == "full":
         return
-    if cfg.stages.unfreeze_last_n_blocks > 0:
-        raise UserError(
-            f"config key 'stages.unfreeze_last_n_blocks': cannot be combined with adapt.mode: {a.mode} (both choose "
-            f"which blocks train); set it to 0 and use adapt.freeze_blocks = depth - N instead "
-            f"(this backbone has {backbone.depth} blocks)."
-        )
     if a.freeze_blocks > backbone.depth:
         raise UserError(f"config key 'adapt.freeze_blocks': {a.freeze_blocks} exceeds the {backbone.depth} blocks of "
                         f"the backbone '{cfg.model.backbone}'; use at most {backbone.depth}.")
@@ -64,13 +76,11 @@ def adapt_backbone(cfg: Config, backbone: Backbone) -> None:
 
 
 def build_distill_teacher(cfg: Config) -> Backbone:
-    """The frozen distillation teacher of `ssl.distill.teacher` (eval mode, no gradients)."""
+    """The frozen distillation teacher of `ssl.distill.teacher` (eval mode, no gradients; the config has checked that
+    it is a pretrained model)."""
     spec = cfg.ssl.distill.teacher
     if spec is None:
         raise ValueError("ssl.distill.teacher is not set")
-    if spec.startswith("builtin:"):
-        raise UserError(f"config key 'ssl.distill.teacher': {spec!r} is a randomly initialised model; a teacher "
-                        "must be pretrained: pass hf:<id or dir>, an export directory or a run directory.")
     m = cfg.model
     teacher = build_backbone(spec, in_chans=m.in_chans, patch_size=m.patch_size, image_size=cfg.crops.global_size,
                              channel_expansion=m.channel_expansion)
@@ -114,6 +124,34 @@ def resolve_freeze_last_layer(cfg: Config) -> int:
         return steps
     share = 0.02 if is_pretrained(cfg.model) else 0.30
     return round(share * cfg.train.steps)
+
+
+def build_schedule(cfg: Config) -> StepSchedule:
+    """The run's schedules (learning rate, weight decay, EMA momentum, teacher temperature, stages, frozen
+    prototypes, guidance λ) as one pure function of the step."""
+    o, s, lam = cfg.optim, cfg.ssl, cfg.guidance.lambda_
+    heads_only, ramp = resolve_stages(cfg)
+    return StepSchedule(
+        total=cfg.train.steps, lr=o.lr, min_lr=o.min_lr, warmup_steps=o.warmup_steps,
+        weight_decay=o.weight_decay, weight_decay_end=o.weight_decay_end,
+        ema_momentum=s.ema_momentum, ema_momentum_end=s.ema_momentum_end,
+        teacher_temp=s.teacher_temp, warmup_teacher_temp=s.warmup_teacher_temp,
+        teacher_temp_warmup_steps=s.teacher_temp_warmup_steps,
+        freeze_last_layer_steps=resolve_freeze_last_layer(cfg), heads_only_steps=heads_only, ramp_steps=ramp,
+        guide_lambda_schedule=lam.schedule,
+        guide_lambda_start=lambda_ramp_start(lam.warmup_steps, start=lam.start, unfreeze_step=heads_only),
+    )
+
+
+def build_optimizer(cfg: Config, task: SSLTask) -> torch.optim.AdamW:
+    """AdamW over the task's parameter groups (layer-wise LR decay, stage flags); LRs are set by the schedule."""
+    o, st = cfg.optim, cfg.stages
+    groups = build_param_groups(
+        task.student.backbone, task.named_heads(), layer_decay=o.layer_decay, patch_embed_lr_mult=o.patch_embed_lr_mult,
+        train_patch_embed=st.train_patch_embed, freeze_tokens=st.freeze_tokens,
+        unfreeze_last_n_blocks=st.unfreeze_last_n_blocks,
+    )
+    return torch.optim.AdamW(groups, lr=0.0, betas=o.betas)
 
 
 def build_augmentation(cfg: Config, patch_size: int) -> MultiCropAugmentation:

@@ -7,6 +7,9 @@ would have used at the same step.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+from metadino.guidance.schedule import guidance_lambda
 
 
 def warmup_cosine(step: int, *, total: int, peak: float, end: float, warmup: int = 0, start: float = 0.0) -> float:
@@ -38,3 +41,38 @@ def backbone_lr_scale(step: int, *, heads_only_steps: int, ramp_steps: int) -> f
     if step < heads_only_steps + ramp_steps:
         return (step - heads_only_steps + 1) / ramp_steps
     return 1.0
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """Every scheduled scalar of a run as a pure function of the step (built from the config by the factory)."""
+
+    total: int
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    weight_decay: float
+    weight_decay_end: float
+    ema_momentum: float
+    ema_momentum_end: float
+    teacher_temp: float
+    warmup_teacher_temp: float
+    teacher_temp_warmup_steps: int
+    freeze_last_layer_steps: int
+    heads_only_steps: int
+    ramp_steps: int
+    guide_lambda_schedule: str
+    guide_lambda_start: int
+
+    def __call__(self, step: int) -> dict[str, float]:
+        lr = warmup_cosine(step, total=self.total, peak=self.lr, end=self.min_lr, warmup=self.warmup_steps)
+        return {
+            "guide_lambda": guidance_lambda(step, self.total, self.guide_lambda_schedule, self.guide_lambda_start),
+            "backbone_scale": backbone_lr_scale(step, heads_only_steps=self.heads_only_steps, ramp_steps=self.ramp_steps),
+            "lr": lr,
+            "last_layer_lr": 0.0 if step < self.freeze_last_layer_steps else lr,
+            "weight_decay": warmup_cosine(step, total=self.total, peak=self.weight_decay, end=self.weight_decay_end),
+            "momentum": warmup_cosine(step, total=self.total, peak=self.ema_momentum, end=self.ema_momentum_end),
+            "teacher_temp": linear_warmup(step, start=self.warmup_teacher_temp, end=self.teacher_temp,
+                                          warmup=self.teacher_temp_warmup_steps),
+        }

@@ -1,17 +1,20 @@
-"""The SSL task: student/teacher forward passes -> named loss terms.
+"""The SSL task: what one training step computes, and the teacher-side state it commits.
 
-The task owns what one step computes; the loop only sums nothing, logs and steps. Layout follows
-the reference (crop-major rows ``crop * B + b``): the teacher sees the unmasked global crops in
-eval mode, the student sees the masked global crops and the local crops.
+The task owns its step: :meth:`SSLTask.training_step` returns the loss, its named terms and logging metrics;
+:meth:`SSLTask.commit` applies the teacher-side updates (softmax centre, prototype banks, EMA balancing, EMA
+teacher) once the step is known finite and the optimizer has stepped. It also names its parameter and clip
+groups and prepares itself for DDP. Layout follows DINOv2 (crop-major rows ``crop * B + b``): the teacher sees
+the unmasked global crops in eval mode, the student sees the masked global crops and the local crops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from metadino.losses import SIGReg, DINOLoss, GramLoss, IBOTPatchLoss, KoLeoLoss, SoftmaxCenter, sinkhorn_knopp
 from metadino.guidance.guides import GuideSet
@@ -20,7 +23,7 @@ from metadino.models.heads import DINOHead
 
 
 class SSLModel(nn.Module):
-    """Backbone + DINO head (+ iBOT head). The student is wrapped by DDP as one module.
+    """Backbone + DINO head (+ iBOT head). Under DDP the student is wrapped together with the guide heads.
 
     ``proj`` (distillation into a narrower student) maps backbone tokens to the heads' input width; the
     returned ``global_cls`` stays the backbone's own CLS.
@@ -60,6 +63,39 @@ class SSLModel(nn.Module):
             patches = g.patches[masks]
             out["ibot_logits"] = self.ibot_head(self.proj(patches) if self.proj is not None else patches)
         return out
+
+
+@dataclass
+class StepOutput:
+    """One training step: the loss to backpropagate, its named terms (``total`` included) and logging metrics."""
+
+    loss: Tensor
+    terms: dict[str, Tensor]
+    metrics: dict[str, float | Tensor]
+
+
+class _Online(nn.Module):
+    """The modules that receive gradients: the student and the guide heads, called as one module so that one
+    DDP wrapper averages the gradients of both."""
+
+    def __init__(self, student: SSLModel, guides: GuideSet | None):
+        super().__init__()
+        self.student = student
+        self.guides = guides
+
+    def forward(
+        self, glob: Tensor, local: Tensor | None, masks: Tensor | None, *, mask_inputs: bool, n_global: int,
+        batch: dict[str, Any], guide_lambda: float,
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor], dict[str, float | Tensor]] | None]:
+        out = self.student(glob, local, masks, mask_inputs=mask_inputs)
+        if self.guides is None:
+            return out, None
+        # Guides see the student CLS of the (masked) global crops (FINO) and, for prototype-space guides, the
+        # DINO-head logits of the same crops.
+        B = glob.shape[0] // n_global
+        cls = out["global_cls"].view(n_global, B, -1)
+        logits = out["dino_logits"].float()[: n_global * B].view(n_global, B, -1)
+        return out, self.guides(cls, logits, batch, guide_lambda)
 
 
 class SSLTask(nn.Module):
@@ -124,16 +160,40 @@ class SSLTask(nn.Module):
         self.weights = {"dino": dino_loss_weight, "ibot": ibot_loss_weight, "koleo": koleo_loss_weight, "sigreg": sigreg_weight,
                         "gram": gram_weight}
         self.guides = guides
-        # The loop may swap in a DDP-wrapped student; kept out of the module tree (no duplicate state).
-        self.__dict__["_student_call"] = self.student
-        # Teacher-side state updates (softmax centre, prototype banks) wait until the step is known to be
-        # finite, so a NaN batch can never poison persistent buffers.
-        self.__dict__["_pending"] = []
-        self.metrics: dict[str, float | Tensor] = {}  # logging-only scalars; 0-d tensors are read when logged
+        # Student + guide heads as one callable (DDP-wrapped by prepare_distributed). Set through object.__setattr__
+        # so that neither it nor the DDP wrapper enters the module tree: the state dict keeps one copy of each weight.
+        online = _Online(student, guides)
+        object.__setattr__(self, "_online", online)
+        object.__setattr__(self, "_online_call", online)
+        # Teacher-side state updates (softmax centre, prototype banks, EMA balancing) wait for commit(), after the
+        # step is known finite, so a NaN batch can never poison persistent buffers.
+        object.__setattr__(self, "_pending", [])
         self._dino_stats: dict[str, Tensor] = {}
 
-    def set_student_call(self, fn: Callable[..., dict[str, Tensor]]) -> None:
-        self.__dict__["_student_call"] = fn
+    def prepare_distributed(self, device: torch.device) -> None:
+        """Wrap the student and the guide heads in one DDP module (call once, after ``.to(device)``, under torchrun)."""
+        ddp = DistributedDataParallel(self._online, device_ids=[device.index] if device.type == "cuda" else None)
+        object.__setattr__(self, "_online_call", ddp)
+
+    def named_heads(self) -> list[tuple[str, nn.Module]]:
+        """The trained modules besides the backbone, by name: DINO head, a separate iBOT head, the distillation
+        projection, the guide heads. The optimizer's parameter groups are built from these."""
+        s = self.student
+        heads: list[tuple[str, nn.Module]] = [("dino_head", s.dino_head)]
+        if s.ibot_head is not None and s.ibot_head is not s.dino_head:
+            heads.append(("ibot_head", s.ibot_head))
+        if s.proj is not None:
+            heads.append(("proj", s.proj))
+        if self.guides is not None:
+            heads.append(("guides", self.guides))
+        return heads
+
+    def clip_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters clipped together: the backbone and each head separately, as in DINOv2; the guide
+        heads are not clipped (as in FINO)."""
+        groups = {"backbone": list(self.student.backbone.parameters())}
+        groups.update({name: list(m.parameters()) for name, m in self.named_heads() if name != "guides"})
+        return {k: [p for p in v if p.requires_grad] for k, v in groups.items()}
 
     def train(self, mode: bool = True) -> SSLTask:
         super().train(mode)
@@ -162,17 +222,19 @@ class SSLTask(nn.Module):
             targets["ibot"] = sinkhorn_knopp(out["ibot_logits"].float(), teacher_temp)
         return targets
 
-    def apply_pending_updates(self) -> None:
-        """Run the teacher-side state updates of the last forward (call once the loss is known finite)."""
+    def commit(self, momentum: float) -> None:
+        """After a finite step and the optimizer step: the teacher-side updates of that step's forward (softmax
+        centre, prototype banks, EMA balancing), then the EMA teacher with `momentum`."""
         for update in self._pending:
             update()
         self._pending.clear()
+        self.update_teacher(momentum)
 
-    def forward(
+    def training_step(
         self, batch: dict[str, Any], *, teacher_temp: float, step: int = 0, guide_lambda: float = 0.0
-    ) -> dict[str, Tensor]:
-        """One step's loss terms. Keys: dino_local, dino_global, dino, [ibot], [gram], [koleo], [sigreg],
-        [guide/<column>], total. Logging-only scalars of the guides land in ``self.metrics``.
+    ) -> StepOutput:
+        """One step's loss. Terms: dino_local, dino_global, dino, [ibot], [gram], [koleo], [sigreg],
+        [guide/<column>], total. Metrics: DINO target statistics and the guides' logging scalars.
 
         `step` seeds SIGReg's random projections (the same on every rank and both crops).
         """
@@ -182,7 +244,8 @@ class SSLTask(nn.Module):
         B = glob.shape[0] // n_g
         use_masks = self.method == "dinov2"
         targets = self._teacher_targets(batch, teacher_temp)
-        out = self._student_call(glob, local, masks if use_masks else None, mask_inputs=use_masks)
+        out, guided = self._online_call(glob, local, masks if use_masks else None, mask_inputs=use_masks, n_global=n_g,
+                                        batch=batch, guide_lambda=guide_lambda)
 
         logits = out["dino_logits"].float()
         K = logits.shape[-1]
@@ -213,20 +276,18 @@ class SSLTask(nn.Module):
             per_crop = [self.koleo_loss(c) for c in out["global_cls"].float().chunk(n_g)]
             terms["koleo"] = torch.stack(per_crop).mean() * n_g
             total = total + self.weights["koleo"] * terms["koleo"]
-        self.metrics = dict(self._dino_stats)
-        if self.guides is not None:
-            # Guides see the student CLS of the (masked) global crops, reference §0.1.
-            cls = out["global_cls"].view(n_g, B, -1)
-            guided, contributions, guide_metrics = self.guides(cls, student_global, batch, guide_lambda)
-            self.metrics.update(guide_metrics)
+        metrics: dict[str, float | Tensor] = dict(self._dino_stats)
+        if guided is not None:
+            guide_total, contributions, guide_metrics = guided
+            metrics.update(guide_metrics)
             for name, value in contributions.items():
                 terms[f"guide/{name}"] = value
-            total = total + guided
+            total = total + guide_total
             # Distillation: the frozen teacher's CLS lives in another space than the student's guides.
             teacher_cls = (out["global_cls"].detach() if self.distill else targets["cls"]).view(n_g, B, -1)
             self._pending.append(lambda: self.guides.update(teacher_cls, batch))
         terms["total"] = total
-        return terms
+        return StepOutput(total, terms, metrics)
 
     @property
     def export_backbone(self) -> Backbone:

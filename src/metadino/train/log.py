@@ -1,0 +1,80 @@
+"""What a run shows and records per step: the progress bar, ``metrics.jsonl``, the history and the ln K watch."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from tqdm import tqdm
+
+from metadino.train.distributed import mean_across_ranks
+from metadino.train.task import StepOutput
+from metadino.train.watch import UniformTargetWatch
+
+__all__ = ["StepLog"]
+
+
+class StepLog:
+    """Every `log_every` steps (and at the last one) one record — loss terms, metrics averaged over ranks, scheduled
+    values, gradient norms, images/s — goes to the history, to ``metrics.jsonl`` (main process) and to the bar."""
+
+    def __init__(self, path: Path, *, start_step: int, end_step: int, log_every: int, global_batch: int,
+                 device: torch.device, is_main: bool, progress: bool, watch: UniformTargetWatch | None,
+                 guide_columns: tuple[str, ...] = ()):
+        self.path, self.end_step, self.log_every = path, end_step, log_every
+        self.global_batch, self.device, self.is_main, self.watch = global_batch, device, is_main, watch
+        self.guide_columns = set(guide_columns)
+        self.history: list[dict[str, float]] = []
+        self.first_loss: float | None = None
+        self.last_loss: float | None = None
+        self._bar = tqdm(total=end_step, initial=start_step, disable=not (progress and is_main), desc="train", unit="step",
+                         dynamic_ncols=True, file=sys.stderr)
+        self._file: IO[str] | None = None
+        self._t_last = time.perf_counter()
+        self._images = 0
+
+    def __enter__(self) -> StepLog:
+        if self.is_main:
+            self._file = open(self.path, "a")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._bar.close()
+
+    def step(self, step: int, out: StepOutput, sched: dict[str, float], grad_norms: dict[str, float]) -> None:
+        """After optimizer step `step` (1-based count of steps done)."""
+        self._images += self.global_batch
+        if self.watch is not None:
+            warning = self.watch.update(step, float(out.terms["dino"].detach()))
+            if warning and self.is_main:
+                tqdm.write(warning, file=sys.stderr)
+        loss = float(out.loss.detach())
+        self.first_loss = loss if self.first_loss is None else self.first_loss
+        self.last_loss = loss
+        self._bar.update(1)
+        if step % self.log_every == 0 or step == self.end_step:
+            self._record(step, out, sched, grad_norms)
+
+    def _record(self, step: int, out: StepOutput, sched: dict[str, float], grad_norms: dict[str, float]) -> None:
+        now = time.perf_counter()
+        values = {k: float(v.detach()) for k, v in out.terms.items()}
+        values = mean_across_ranks({**values, **{k: float(v) for k, v in out.metrics.items()}}, self.device)
+        record = {"step": step, **values, **sched, **grad_norms, "images_per_s": self._images / max(now - self._t_last, 1e-9)}
+        self._t_last, self._images = now, 0
+        self.history.append(record)
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        postfix = {"loss": f"{values['total']:.3f}", "img_s": f"{record['images_per_s']:.1f}", "lr": f"{sched['lr']:.2e}"}
+        if self.guide_columns:
+            postfix["λ"] = f"{sched['guide_lambda']:.2f}"
+            # the guide columns' own terms only (not guide/lambda or guide/grad_norm_target)
+            postfix.update({name[len("guide/"):]: f"{value:.3f}" for name, value in values.items()
+                            if name.startswith("guide/") and name[len("guide/"):] in self.guide_columns})
+        self._bar.set_postfix(postfix)

@@ -1,0 +1,212 @@
+"""A built run: everything the loop drives, assembled from the config in one place (:func:`build_run`).
+
+The loop (``train/loop.py``) reads only a :class:`Run`, never the config. Building follows a fixed order that
+exact resume depends on: shared seed -> initial weights and heads on every rank -> (resume: saved states and
+RNG | new: per-rank seed) -> data loader (its own generator, so loader start-up never touches the global RNG).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from metadino.config import RESUMABLE_CHANGES, Config, config_to_dict, diff_configs, save_config
+from metadino.data.dataset import SSLDataset, StepSampler, collate_crops
+from metadino.data.regions import load_regions
+from metadino.data.table import MetadataTable, load_table
+from metadino.data.targets import ColumnEncoder, TableTargets, save_vocab
+from metadino.device import resolve_device
+from metadino.errors import UserError
+from metadino.models.adapt import count_parameters
+from metadino.train.checkpoint import list_checkpoints, load_latest_checkpoint
+from metadino.train.distributed import DistInfo, barrier, init_distributed
+from metadino.train.factory import (
+    build_augmentation,
+    build_backbone_from_config,
+    build_encoders,
+    build_guides,
+    build_optimizer,
+    build_schedule,
+    build_task,
+    preprocessing_from_config,
+)
+from metadino.train.provenance import provenance
+from metadino.train.rng import restore_rng
+from metadino.train.schedules import StepSchedule
+from metadino.train.task import SSLTask
+from metadino.train.watch import UniformTargetWatch
+
+__all__ = ["Run", "build_run"]
+
+
+@dataclass
+class Run:
+    """What one training process drives: the task, its optimizer and schedule, the batches, the steps to run,
+    and what a checkpoint and the final export record."""
+
+    dir: Path
+    device: torch.device
+    dist: DistInfo
+    task: SSLTask
+    optimizer: torch.optim.Optimizer
+    schedule: StepSchedule
+    batches: Iterable[dict[str, Any]]
+    autocast: Callable[[], AbstractContextManager[Any]]
+    clip_groups: dict[str, list[torch.nn.Parameter]]
+    clip_grad: float  # 0: no clipping (norms are still logged)
+    start_step: int
+    end_step: int
+    total_steps: int
+    global_batch: int
+    log_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    checkpoint_meta: dict[str, Any]  # config, backbone config, data fingerprint: saved with every checkpoint
+    preprocessing: dict[str, Any]  # written next to the exported backbone
+    watch: UniformTargetWatch | None  # the DINO term's ln K watch (None when the DINO term is off)
+    trainable_params: int
+    total_params: int
+    summary: str  # one line for the console: what trains
+
+
+def _check_run_dir(run_dir: Path, *, resume: bool, stop_after: int | None) -> None:
+    has_run = bool(list_checkpoints(run_dir)) if run_dir.exists() else False
+    if resume and not has_run:
+        raise UserError(f"--resume was given but '{run_dir}' holds no checkpoint to resume from.")
+    if not resume and has_run:
+        raise UserError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another --out.")
+    if stop_after is not None and stop_after < 1:
+        raise UserError(f"--stop-after must be at least 1, got {stop_after}.")
+
+
+def _check_resume_compatible(saved: dict[str, Any], cfg: Config, run_dir: Path, fingerprint: str, source: str) -> None:
+    changed = [k for k in diff_configs(saved["config"], config_to_dict(cfg)) if k not in RESUMABLE_CHANGES]
+    if changed:
+        shown = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
+        raise UserError(
+            f"cannot resume '{run_dir}' with a different configuration: these keys differ from the saved run: {shown}; "
+            f"revert them or start a new run with another --out (only {', '.join(sorted(RESUMABLE_CHANGES))} may change)."
+        )
+    if saved.get("data_fingerprint") != fingerprint:
+        raise UserError(
+            f"cannot resume '{run_dir}': the table '{source}' or its row selection changed since the run started; "
+            "restore it or start a new run with another --out."
+        )
+
+
+def _load_data(cfg: Config) -> tuple[MetadataTable, dict[str, ColumnEncoder], Any]:
+    """The table, the encoders of guided columns and the label-guided regions: every data error (file, row,
+    column) surfaces here, before any compute."""
+    d, lg = cfg.data, cfg.crops.label_guided
+    table = load_table(d.table, image_column=d.image_column, root=d.root, rows=d.rows, missing_values=d.missing_values)
+    encoders = build_encoders(cfg, table)
+    regions = None
+    if lg.share > 0:
+        regions = load_regions(table, bbox_columns=lg.bbox_columns, mask_column=lg.mask_column, root=d.root)
+    return table, encoders, regions
+
+
+def _build_task(cfg: Config, encoders: dict[str, ColumnEncoder], device: torch.device) -> SSLTask:
+    torch.manual_seed(cfg.train.seed)  # identical initial weights (and prototype banks) on every rank
+    backbone = build_backbone_from_config(cfg.model, image_size=cfg.crops.global_size)
+    for key, size in (("crops.global_size", cfg.crops.global_size), ("crops.local_size", cfg.crops.local_size)):
+        if size % backbone.patch_size:
+            raise UserError(f"config key '{key}': {size} is not a multiple of the backbone's patch size {backbone.patch_size}.")
+    guides = build_guides(cfg, encoders, embed_dim=backbone.embed_dim, dino_out_dim=cfg.ssl.head.out_dim)
+    return build_task(cfg, backbone, guides).to(device)
+
+
+def _restore(run_dir: Path, task: SSLTask, optimizer: torch.optim.Optimizer, cfg: Config, table: MetadataTable,
+             device: torch.device, info: DistInfo) -> int:
+    """Load the newest checkpoint into `task` and `optimizer`, restore this rank's RNG; returns its step."""
+    state = load_latest_checkpoint(run_dir)
+    _check_resume_compatible(state, cfg, run_dir, table.fingerprint(), str(table.source))
+    task.load_state_dict(state["task"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng = state["rng"]
+    if len(rng) != info.world_size:
+        raise UserError(f"cannot resume '{run_dir}' exactly: it was saved with {len(rng)} process(es), now {info.world_size}.")
+    restore_rng(rng[info.rank], device)
+    return int(state["step"])
+
+
+def _loader(cfg: Config, table: MetadataTable, encoders: dict[str, ColumnEncoder], regions: Any, patch_size: int,
+            device: torch.device, info: DistInfo, start_step: int, end_step: int) -> DataLoader:
+    t = cfg.train
+    sampler = StepSampler(len(table), batch_size=t.batch_size, total_steps=end_step, seed=t.seed, start_step=start_step,
+                          rank=info.rank, world_size=info.world_size)
+    targets = TableTargets.from_table(table, encoders) if encoders else None
+    dataset = SSLDataset(table, build_augmentation(cfg, patch_size), seed=t.seed, in_chans=cfg.model.in_chans,
+                         targets=targets, regions=regions)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_crops,
+        num_workers=t.num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # keeps the global RNG untouched by loader start-up (exact resume)
+        prefetch_factor=2 if t.num_workers > 0 else None,
+    )
+
+
+def _summary(task: SSLTask, cfg: Config) -> tuple[int, int, str]:
+    trainable, total = count_parameters([task.student] + ([task.guides] if task.guides is not None else []))
+    bb_trainable, bb_total = count_parameters(task.student.backbone)
+    line = (f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%); "
+            f"backbone {bb_trainable:,} of {bb_total:,} (adapt.mode: {cfg.adapt.mode})")
+    return trainable, total, line
+
+
+def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_after: int | None = None) -> Run:
+    """Everything `train` needs, from the config: checks the output folder, loads and checks the data, builds the
+    task, optimizer and schedule, restores a checkpoint (``resume``), writes config.yaml and vocab.json."""
+    run_dir = Path(run_dir)
+    _check_run_dir(run_dir, resume=resume, stop_after=stop_after)
+    device = resolve_device(cfg.train.device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    info = init_distributed(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+    table, encoders, regions = _load_data(cfg)
+    task = _build_task(cfg, encoders, device)
+    optimizer = build_optimizer(cfg, task)
+    trainable, total_params, summary = _summary(task, cfg)
+    if resume:
+        start_step = _restore(run_dir, task, optimizer, cfg, table, device, info)
+    else:
+        start_step = 0
+        torch.manual_seed(cfg.train.seed + 1_000_003 * (info.rank + 1))  # per-rank drop-path streams, after the init
+    total = cfg.train.steps
+    end_step = min(total, stop_after) if stop_after is not None else total
+    fingerprint = table.fingerprint()
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml", provenance(fingerprint, info.world_size))
+        if encoders:
+            save_vocab(run_dir / "vocab.json", encoders)
+    barrier()
+    if info.enabled:
+        task.prepare_distributed(device)
+
+    precision = cfg.train.precision
+    return Run(
+        dir=run_dir, device=device, dist=info, task=task, optimizer=optimizer, schedule=build_schedule(cfg),
+        batches=_loader(cfg, table, encoders, regions, task.student.backbone.patch_size, device, info, start_step, end_step),
+        autocast=lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+        clip_groups=task.clip_groups(), clip_grad=cfg.optim.clip_grad,
+        start_step=start_step, end_step=end_step, total_steps=total, global_batch=cfg.train.batch_size * info.world_size,
+        log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=cfg.train.keep_checkpoints,
+        checkpoint_meta={"config": config_to_dict(cfg), "backbone_config": task.student.backbone.config_dict(),
+                         "data_fingerprint": fingerprint},
+        preprocessing=preprocessing_from_config(cfg, task.export_backbone),
+        watch=UniformTargetWatch(cfg.ssl.head.out_dim, window=min(100, max(total // 4, 10)))
+        if cfg.ssl.dino_loss_weight > 0 else None,
+        trainable_params=trainable, total_params=total_params, summary=summary,
+    )
