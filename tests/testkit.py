@@ -152,8 +152,8 @@ def write_tiny_model(folder: Path, seed: int = 0, depth: int = 2) -> Path:
     """A random 2-block, 32-wide built-in ViT (LayerScale 1) written as a metadino export directory (32 px input)."""
     import torch
 
-    from metadino.export import default_preprocessing, write_export
-    from metadino.models.backbone import build_backbone
+    from metadino.models.directory import default_preprocessing, write_export
+    from metadino.models.registry import build_backbone
 
     torch.manual_seed(seed)
     backbone = build_backbone("builtin:vit-tiny", in_chans=3, patch_size=8, image_size=32, embed_dim=32, depth=depth, num_heads=2)

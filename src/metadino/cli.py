@@ -320,7 +320,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from metadino.data.table import load_table
     from metadino.embed import check_output_path, extract_features, write_embeddings
     from metadino.export import load_model
-    from metadino.train.loop import resolve_device
+    from metadino.device import resolve_device
 
     check_output_path(args.out)  # before loading anything
     backbone, pre = load_model(args.model)
@@ -333,11 +333,14 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from functools import partial
+
+    from metadino.device import resolve_device
     from metadino.eval.evaluate import evaluate
-    from metadino.train.loop import resolve_device
+    from metadino.export import load_model
 
     metrics = evaluate(
-        args.model, table=args.table, label_column=args.label_column, train_rows=parse_rows(args.train_rows),
+        args.model, partial(load_model, args.model), table=args.table, label_column=args.label_column, train_rows=parse_rows(args.train_rows),
         test_rows=parse_rows(args.test_rows), val_rows=parse_rows(args.val_rows), group_column=args.group_column,
         probes=_columns(args.probes), leakage_columns=_columns(args.leakage_columns),
         conditional_leakage=parse_conditional(args.conditional_leakage), purity_columns=_columns(args.purity_columns),
@@ -364,7 +367,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from metadino.audit.inspect import run_inspect
-    from metadino.train.loop import resolve_device
+    from metadino.device import resolve_device
 
     text = run_inspect(
         args.table, image_column=args.image_column, root=args.root, labels=_columns(args.labels), model=args.model,

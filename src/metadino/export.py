@@ -1,9 +1,9 @@
-"""Exporting a trained backbone and loading any MODEL (run dir, export dir, HF id or dir).
+"""Exporting a trained run and resolving any MODEL (run dir, export dir, adapter export, ``metadino:``, HF id or
+dir) into a backbone and its preprocessing — the application layer above ``train/`` and ``models/``.
 
-An export directory is self-contained: the backbone (a transformers directory for HF backbones,
-safetensors + config.json for the built-in ViT) plus ``preprocessing.json`` (input size,
-channels, normalisation), so embedding from it needs no other file. LoRA adapters are merged into
-the weights on export, so the result is a plain model.
+An export directory is self-contained (``models/directory.py``: the backbone plus ``preprocessing.json``), so
+embedding from it needs no other file. LoRA adapters are merged into the weights on export, so the result is a
+plain model.
 
 An adapter-only export of a LoRA run (``export_run(..., merge_lora=False)``) is a peft adapter
 directory (``adapter_config.json`` + ``adapter_model.safetensors``, readable by
@@ -22,58 +22,12 @@ from metadino.config import Config, config_from_dict
 from metadino.errors import UserError
 from metadino.foundations import PREFIX as FOUNDATION_PREFIX
 from metadino.foundations import foundation_dir
-from metadino.models.adapt import METADINO_ADAPTER_FILE, merged_copy
-from metadino.models.backbone import Backbone, build_backbone, load_backbone_state
-
-PREPROCESSING_FILE = "preprocessing.json"
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-def preprocessing_from_config(cfg: Config, backbone: Backbone) -> dict[str, Any]:
-    return {
-        "image_size": cfg.crops.global_size,
-        "in_chans": cfg.model.in_chans,
-        "patch_size": backbone.patch_size,
-        "photometric": cfg.crops.photometric,
-        "mean": cfg.crops.mean,
-        "std": cfg.crops.std,
-        "embed_dim": backbone.embed_dim,
-    }
-
-
-def default_preprocessing(backbone: Backbone) -> dict[str, Any]:
-    """For a plain HF checkpoint: 224 px, ImageNet normalisation for RGB, none otherwise."""
-    rgb = backbone.in_chans == 3
-    return {
-        "image_size": 224 - 224 % backbone.patch_size,
-        "in_chans": backbone.in_chans,
-        "patch_size": backbone.patch_size,
-        "photometric": "natural" if rgb else "none",
-        "mean": IMAGENET_MEAN if rgb else None,
-        "std": IMAGENET_STD if rgb else None,
-        "embed_dim": backbone.embed_dim,
-    }
-
-
-def write_export(backbone: Backbone, directory: str | Path, preprocessing: dict[str, Any]) -> Path:
-    """Save `backbone` (LoRA adapters merged into a copy first) and its preprocessing to `directory`."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    merged_copy(backbone).save_pretrained(directory)
-    (directory / PREPROCESSING_FILE).write_text(json.dumps(preprocessing, indent=2) + "\n")
-    return directory
-
-
-def read_preprocessing(directory: Path) -> dict[str, Any] | None:
-    path = directory / PREPROCESSING_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"'{path}' cannot be read: {e}.") from None
-
+from metadino.models.adapt import METADINO_ADAPTER_FILE
+from metadino.models.backbone import Backbone, load_backbone_state
+from metadino.models.directory import PREPROCESSING_FILE, default_preprocessing, read_preprocessing, write_export
+from metadino.models.registry import build_backbone
+from metadino.train.checkpoint import load_latest_checkpoint
+from metadino.train.factory import adapt_backbone, build_backbone_from_config, preprocessing_from_config
 
 def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "checkpoints").is_dir()
@@ -82,9 +36,6 @@ def is_run_dir(path: Path) -> bool:
 def _run_backbone(run_dir: str | Path) -> tuple[Backbone, Config]:
     """The exported backbone of the newest checkpoint (EMA teacher; the student when distilling), with its
     LoRA adapters still in place, and the run's config."""
-    from metadino.train.checkpoint import load_latest_checkpoint  # train layer; imported lazily
-    from metadino.train.factory import adapt_backbone, build_backbone_from_config
-
     state = load_latest_checkpoint(run_dir)
     cfg = config_from_dict(state["config"])
     backbone = build_backbone_from_config(cfg.model, image_size=cfg.crops.global_size)
@@ -144,6 +95,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False,
     run_dir, out = Path(run_dir), Path(out)
     if not is_run_dir(run_dir):
         raise UserError(f"'{run_dir}' is not a metadino run directory (no config.yaml and checkpoints/).")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; give a folder for the exported model.")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"'{out}' exists and is not empty; choose another --out or pass --overwrite.")
     backbone, cfg = _run_backbone(run_dir)

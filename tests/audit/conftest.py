@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from metadino.data.synthetic import generate_dataset
-from metadino.export import default_preprocessing, write_export
-from metadino.models.backbone import build_backbone
+from metadino.models.directory import default_preprocessing, write_export
+from metadino.models.registry import build_backbone
 
 
 @pytest.fixture(scope="package")

@@ -1,4 +1,5 @@
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def _eval(table, model, out, **kw):
     args = dict(table=table, label_column="label", train_rows={"split": "train"}, test_rows={"split": "test"},
                 out=out, cache_dir=None, progress=False, batch_size=7)
     args.update(kw)
-    return evaluate(str(model), **args)
+    return evaluate(str(model), partial(load_model, str(model)), **args)
 
 
 def _features(model, table, rows):

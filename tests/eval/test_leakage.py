@@ -18,8 +18,9 @@ from metadino.data.table import load_table
 from metadino.embed import extract_features
 from metadino.errors import UserError
 from metadino.eval.leakage import LOGISTIC_C, LOGISTIC_MAX_ITER, RIDGE_ALPHAS, column_leakage, leakage_table
-from metadino.export import default_preprocessing, load_model, write_export
-from metadino.models.backbone import build_backbone
+from metadino.export import load_model
+from metadino.models.directory import default_preprocessing, write_export
+from metadino.models.registry import build_backbone
 
 
 def write_pixel_table(folder: Path, n: int = 120, size: int = 32, seed: int = 0) -> Path:

@@ -14,7 +14,7 @@ from metadino.errors import UserError
 from metadino.export import load_model
 from metadino.foundations import PREFIX, foundation_dir
 from metadino.foundations.build import LOSS_KEYS, NAME, SOURCE_DATA, SOURCE_SEED, STEPS, pretrain_config, sha256
-from metadino.models.backbone import build_backbone
+from metadino.models.registry import build_backbone
 
 SPEC = PREFIX + NAME
 

@@ -18,14 +18,15 @@ from metadino.models.adapt import (
     freeze_backbone,
     has_lora,
     load_adapter_weights,
-    lora_root,
     merge_lora,
     merged_copy,
     resolve_target_names,
     save_adapter,
     translate_hf_names,
 )
-from metadino.models.backbone import Backbone, HFBackbone, build_backbone
+from metadino.models.backbone import Backbone
+from metadino.models.hf import HFBackbone
+from metadino.models.registry import build_backbone
 
 transformers = pytest.importorskip("transformers")
 
@@ -63,21 +64,21 @@ BLOCK_PREFIX = {"builtin": "blocks", "dinov2": "encoder.layer", "dinov2_reg": "e
 @pytest.mark.parametrize("target", ["qkv", "proj", "mlp"])
 def test_logical_targets_resolve_on_every_backbone(kind: str, target: str) -> None:
     bb = _build(kind)
-    names = resolve_target_names(lora_root(bb), list(bb.blocks), [target], skip_blocks=1)
+    names = resolve_target_names(bb.weights_module, list(bb.blocks), [target], skip_blocks=1)
     want = [f"{BLOCK_PREFIX[kind]}.1.{s}" for s in EXPECTED[kind][target]]
     assert sorted(names) == sorted(want)  # block 0 is skipped
 
 
 def test_gated_mlp_and_literal_suffixes() -> None:
     bb = _build("dinov3", use_gated_mlp=True)
-    names = resolve_target_names(lora_root(bb), list(bb.blocks), ["mlp"])
+    names = resolve_target_names(bb.weights_module, list(bb.blocks), ["mlp"])
     assert sorted(n.rsplit(".", 1)[1] for n in names) == sorted(["gate_proj", "up_proj", "down_proj"] * 2)
-    literal = resolve_target_names(lora_root(bb), list(bb.blocks), ["q_proj", "model.layer.1.mlp.down_proj"])
+    literal = resolve_target_names(bb.weights_module, list(bb.blocks), ["q_proj", "model.layer.1.mlp.down_proj"])
     assert literal == ["model.layer.0.attention.q_proj", "model.layer.1.attention.q_proj", "model.layer.1.mlp.down_proj"]
     with pytest.raises(UserError, match=r"'attn\.qkv' matches no linear layer.*attention\.q_proj"):
-        resolve_target_names(lora_root(bb), list(bb.blocks), ["attn.qkv"])
+        resolve_target_names(bb.weights_module, list(bb.blocks), ["attn.qkv"])
     with pytest.raises(UserError, match="adapt.freeze_blocks"):
-        resolve_target_names(lora_root(bb), list(bb.blocks), ["qkv"], skip_blocks=2)
+        resolve_target_names(bb.weights_module, list(bb.blocks), ["qkv"], skip_blocks=2)
 
 
 class _LegacySelfAttention(nn.Module):  # transformers <= 5.17 Dinov2SelfAttention
@@ -110,7 +111,7 @@ def test_legacy_transformers_names_resolve_and_translate() -> None:
     assert resolve_target_names(root, blocks, ["mlp"], skip_blocks=1) == ["encoder.layer.1.mlp.fc1", "encoder.layer.1.mlp.fc2"]
 
     new = _build("dinov2")
-    current = [n for n, m in lora_root(new).named_modules() if isinstance(m, nn.Linear)]
+    current = [n for n, m in new.weights_module.named_modules() if isinstance(m, nn.Linear)]
     legacy_saved = qkv + ["encoder.layer.0.attention.output.dense", "encoder.layer.0.mlp.fc1"]
     assert translate_hf_names(legacy_saved, current) == [
         f"encoder.layer.{i}.attention.{n}_proj" for i in range(2) for n in "qkv"
@@ -205,7 +206,7 @@ def test_adapter_files_roundtrip_and_peft_reads_them(kind: str, tmp_path: Path) 
     apply_lora(adapted, rank=4, alpha=4.0, dropout=0.0, targets=["qkv", "proj"], train_norm=True)
     _randomize_adapters(adapted)
     with torch.no_grad():
-        getattr(lora_root(adapted), "norm" if kind == "builtin" else "layernorm").weight.add_(0.5)
+        getattr(adapted.weights_module, "norm" if kind == "builtin" else "layernorm").weight.add_(0.5)
     save_adapter(adapted, tmp_path / "ad", rank=4, alpha=4.0, dropout=0.0, train_norm=True, extra={"base": "test"})
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

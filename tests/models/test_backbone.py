@@ -11,14 +11,9 @@ from torch import Tensor
 
 from testkit import tiny_hf_model
 from metadino.errors import UserError
-from metadino.models.backbone import (
-    Backbone,
-    HFBackbone,
-    Tokens,
-    backbone_from_config,
-    build_backbone,
-    load_backbone_state,
-)
+from metadino.models.backbone import Backbone, Tokens, load_backbone_state
+from metadino.models.hf import HFBackbone
+from metadino.models.registry import backbone_from_config, build_backbone
 from metadino.models.channels import expand_patch_embed_weight
 
 transformers = pytest.importorskip("transformers")

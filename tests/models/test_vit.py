@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from metadino.errors import UserError
-from metadino.models.backbone import build_backbone
+from metadino.models.registry import build_backbone
 from metadino.models.vit import VIT_PRESETS, Block, VisionTransformer
 
 

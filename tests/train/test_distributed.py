@@ -90,7 +90,7 @@ def test_two_process_lora_student_distilled_keeps_replicas_identical(tmp_path, i
     guide under 2-process DDP: frozen shared weights, the projection and the teacher heads stay in sync."""
     import torch
 
-    from metadino.models.backbone import build_backbone
+    from metadino.models.registry import build_backbone
     from metadino.train.checkpoint import load_latest_checkpoint
 
     torch.manual_seed(1)

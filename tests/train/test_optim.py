@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metadino.models.backbone import build_backbone
+from metadino.models.registry import build_backbone
 from metadino.models.heads import DINOHead
 from metadino.train.optim import apply_optim_schedule, build_param_groups
 

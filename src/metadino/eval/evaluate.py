@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from metadino.data.table import MetadataTable, infer_column_kind, load_table
 from metadino.data.targets import ColumnEncoder, class_names
 from metadino.data.values import DEFAULT_SEPARATOR, multilabel_separator
 from metadino.errors import UserError
+from metadino.files import claim_output_dir
 from metadino.eval.features import Features, cached_extract, default_cache_dir, weights_digest
 from metadino.eval.conditional import check_spec, check_target, conditional_leakage_table
 from metadino.eval.knn import knn_predict
@@ -33,12 +34,15 @@ from metadino.eval.leakage import leakage_table
 from metadino.eval.linear import carve_validation, fit_linear_probe
 from metadino.eval.metrics import classification_metrics, multilabel_metrics
 from metadino.eval.purity import check_categorical, purity_metrics
-from metadino.export import load_model
+from metadino.models.backbone import Backbone
 
 PROBES = ("knn", "linear", "attnpool")
 FEATURE_KINDS = ("cls", "cls+mean")
 MARKER = ".metadino-eval"
 ATTNPOOL_BLOCKS = 4
+
+# () -> (backbone, its preprocessing): the caller resolves the model (``metadino.export.load_model``)
+ModelLoader = Callable[[], tuple[Backbone, dict[str, Any]]]
 
 
 @dataclass
@@ -107,11 +111,8 @@ def _load_split(name: str, table: str | Path, rows: Mapping[str, Any], image_col
 
 def _prepare_out(out: Path) -> None:
     """Write only into an empty folder or one an earlier eval made (never over a user's files)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' is a file; give a folder for metrics.json and report.md.")
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise UserError(f"--out '{out}' is not empty and was not written by metadino eval; choose another folder.")
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(out, MARKER, not_a_folder=f"--out '{out}' is a file; give a folder for metrics.json and report.md.",
+                     not_ours=f"--out '{out}' is not empty and was not written by metadino eval; choose another folder.")
     (out / MARKER).write_text("written by metadino eval; rerunning eval with this --out replaces its files\n")
 
 
@@ -142,6 +143,7 @@ def _groups(group_column: str | None, split: Split) -> tuple[np.ndarray | None, 
 
 def evaluate(
     model: str,
+    load: ModelLoader,
     *,
     table: str | Path,
     label_column: str,
@@ -168,7 +170,9 @@ def evaluate(
     report: bool = True,
     title: str | None = None,
 ) -> dict:
-    """Evaluate MODEL on a labelled subset; write DIR/metrics.json (and DIR/report.md). Returns the metrics.
+    """Evaluate the backbone that `load` returns (with its preprocessing) on a labelled subset; write
+    DIR/metrics.json (and DIR/report.md). Returns the metrics. `model` names it in the metrics and the report;
+    `load` is called only once the request has been checked, so a bad request fails before any model is loaded.
 
     `conditional_leakage` maps a target column to the columns it is conditioned on (``{"plate": ["cell_line"]}``:
     plate beyond cell line, :mod:`metadino.eval.conditional`). `purity_columns` get their leave-one-out k-NN
@@ -176,6 +180,65 @@ def evaluate(
     same-label neighbours (label: `label_column`) is reported too (:mod:`metadino.eval.purity`).
     """
     t0 = time.perf_counter()
+    probes = _check_probes(probes, feature, k, temperature)
+    required = [label_column, *([group_column] if group_column else []), *leakage_columns]
+    splits = [_load_split("train", table, train_rows, image_column, root, required)]
+    if val_rows:
+        splits.append(_load_split("val", table, val_rows, image_column, root, required))
+    splits.append(_load_split("test", table, test_rows, image_column, root, required))
+    by_name = {s.name: s for s in splits}
+    labels = build_labels(label_column, splits)
+    train_frame = by_name["train"].table.frame
+    for column in leakage_columns:  # fail before any compute, not after feature extraction
+        if infer_column_kind(train_frame[column]) == "constant":
+            raise UserError(f"--leakage-columns: '{column}' has fewer than two distinct values in the train rows; "
+                            "leakage of a constant column is undefined, drop it.")
+    conditional_leakage = _check_conditional(conditional_leakage or {}, train_frame)
+    purity_columns = _check_purity(purity_columns, train_frame)
+
+    backbone, pre = load()
+    out = Path(out)
+    _prepare_out(out)
+    _extract(splits, backbone, pre, cache_dir=cache_dir, attnpool="attnpool" in probes, batch_size=batch_size,
+             device=device, progress=progress)
+    # rows without a label are not evaluated (they still count for leakage of other columns)
+    data = {s.name: (s, *labels.encode(s.table.frame[label_column])) for s in splits}
+    results, predictions, y_test = _run_probes(probes, data, labels, feature=feature, group_column=group_column, k=k,
+                                               temperature=temperature, seed=seed, device=device, progress=progress)
+    train, test = by_name["train"], by_name["test"]
+    x_train = train.features.embedding(feature).numpy()
+    leakage_details = _leakage(x_train, train.table.frame, leakage_columns, folds=leakage_folds, seed=seed, progress=progress)
+    metrics = {
+        **results,
+        "leakage": {c: d["value"] for c, d in leakage_details.items()},
+        "leakage_details": leakage_details,
+        "conditional_leakage": _conditional(x_train, train.table.frame, conditional_leakage, folds=leakage_folds,
+                                            seed=seed, progress=progress),
+        **_purity(train, test, feature, purity_columns, label_column, group_column, k, device),
+        "info": {
+            "model": model,
+            "table": str(Path(table)),
+            "label_column": label_column,
+            "classes": labels.classes,
+            "multilabel": labels.multilabel,
+            "feature": feature,
+            "rows": {name: int(known.sum()) for name, (_, _, known) in data.items()},
+            "rows_without_label": {name: int((~known).sum()) for name, (_, _, known) in data.items()},
+            "train_test_overlap_rows": len(set(train.table.row_numbers) & set(test.table.row_numbers)),
+            "group_column": group_column,
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if report:
+        from metadino.eval.report import write_report
+
+        write_report(out, metrics, splits=splits, feature=feature, label_column=label_column,
+                     leakage_columns=leakage_columns, y_test=y_test, predictions=predictions, model=model, title=title)
+    return metrics
+
+
+def _check_probes(probes: Sequence[str], feature: str, k: int, temperature: float) -> list[str]:
     probes = list(dict.fromkeys(probes))
     unknown = [p for p in probes if p not in PROBES]
     if unknown or not probes:
@@ -184,35 +247,25 @@ def evaluate(
         raise UserError(f"--feature must be one of {', '.join(FEATURE_KINDS)}, got '{feature}'.")
     if k < 1 or temperature <= 0:
         raise UserError(f"--k must be >= 1 and --temperature > 0 (got k={k}, temperature={temperature}).")
-    required = [label_column, *([group_column] if group_column else []), *leakage_columns]
-    splits = [_load_split("train", table, train_rows, image_column, root, required)]
-    if val_rows:
-        splits.append(_load_split("val", table, val_rows, image_column, root, required))
-    splits.append(_load_split("test", table, test_rows, image_column, root, required))
-    by_name = {s.name: s for s in splits}
-    overlap = set(by_name["train"].table.row_numbers) & set(by_name["test"].table.row_numbers)
-    labels = build_labels(label_column, splits)
-    for column in leakage_columns:  # fail before any compute, not after feature extraction
-        if infer_column_kind(by_name["train"].table.frame[column]) == "constant":
-            raise UserError(f"--leakage-columns: '{column}' has fewer than two distinct values in the train rows; "
-                            "leakage of a constant column is undefined, drop it.")
-    conditional_leakage = _check_conditional(conditional_leakage or {}, by_name["train"].table.frame)
-    purity_columns = _check_purity(purity_columns, by_name["train"].table.frame)
-    backbone, pre = load_model(model)
-    out = Path(out)
-    _prepare_out(out)
+    return probes
+
+
+def _extract(splits: Sequence[Split], backbone: Backbone, pre: dict[str, Any], *, cache_dir: Path | None | str,
+             attnpool: bool, batch_size: int, device: str, progress: bool) -> None:
+    """Features of every split (cached by weights, rows and preprocessing); patch tokens only for attention pooling."""
     digest = weights_digest(backbone)
     cache = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir is not None else None)
-    patch_blocks = min(ATTNPOOL_BLOCKS, backbone.depth) if "attnpool" in probes else 0
+    patch_blocks = min(ATTNPOOL_BLOCKS, backbone.depth) if attnpool else 0
     for s in splits:
         s.features = cached_extract(backbone, s.table, pre, cache_dir=cache, model_digest=digest, patch_blocks=patch_blocks,
                                     batch_size=batch_size, device=device, progress=progress, desc=f"features ({s.name})")
 
-    # rows without a label are not evaluated (they still count for leakage of other columns)
-    data = {}
-    for s in splits:
-        y, known = labels.encode(s.table.frame[label_column])
-        data[s.name] = (s, y, known)
+
+def _run_probes(probes: Sequence[str], data: dict[str, tuple[Split, np.ndarray, np.ndarray]], labels: Labels, *,
+                feature: str, group_column: str | None, k: int, temperature: float, seed: int, device: str,
+                progress: bool) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
+    """Each probe trained on the labelled train rows and scored on the labelled test rows: (results, test-row
+    probabilities per probe, test targets)."""
     train, y_train, known_train = data["train"]
     test, y_test, known_test = data["test"]
     x_train = train.features.embedding(feature)[torch.from_numpy(known_train.copy())]
@@ -221,12 +274,10 @@ def evaluate(
     groups, group_names = _groups(group_column, test)
     if groups is not None:
         groups = groups[known_test]
+    val = x_val = y_val = None
     if "val" in data:
         val, y_val, known_val = data["val"]
         x_val, y_val = val.features.embedding(feature)[torch.from_numpy(known_val.copy())], y_val[known_val]
-    else:
-        val = x_val = y_val = None
-
     results: dict[str, Any] = {}
     predictions: dict[str, np.ndarray] = {}
     for probe in probes:
@@ -244,56 +295,38 @@ def evaluate(
                                     group_column, seed, device, progress)
             results["attnpool"] = {**_metrics(y_test, probs, labels, groups, group_names), **info}
         predictions[probe] = probs
+    return results, predictions, y_test
 
-    leakage_details = {}
-    if leakage_columns:
-        lk = leakage_table(train.features.embedding(feature).numpy(), train.table.frame, leakage_columns,
-                           folds=leakage_folds, seed=seed, progress=progress)
-        leakage_details = {c: {"metric": v.metric, "value": v.value, "chance": v.chance, "n_rows": v.n_rows,
-                               "n_classes": v.n_classes} for c, v in lk.items()}
-    conditional = {}
-    if conditional_leakage:
-        ck = conditional_leakage_table(train.features.embedding(feature).numpy(), train.table.frame, conditional_leakage,
-                                       folds=leakage_folds, seed=seed, progress=progress)
-        conditional = {key: {"column": v.column, "given": list(v.given), "metric": v.metric, "value": v.value,
-                             "given_only": v.given_only, "with_embedding": v.with_embedding, "chance": v.chance,
-                             "n_rows": v.n_rows, "n_missing": v.n_missing, "n_classes": v.n_classes, "folds": v.folds,
-                             "note": v.note} for key, v in ck.items()}
+
+def _leakage(x: np.ndarray, frame: Any, columns: Sequence[str], *, folds: int, seed: int, progress: bool) -> dict:
+    if not columns:
+        return {}
+    lk = leakage_table(x, frame, columns, folds=folds, seed=seed, progress=progress)
+    return {c: {"metric": v.metric, "value": v.value, "chance": v.chance, "n_rows": v.n_rows, "n_classes": v.n_classes}
+            for c, v in lk.items()}
+
+
+def _conditional(x: np.ndarray, frame: Any, specs: Mapping[str, Sequence[str]], *, folds: int, seed: int,
+                 progress: bool) -> dict:
+    if not specs:
+        return {}
+    ck = conditional_leakage_table(x, frame, specs, folds=folds, seed=seed, progress=progress)
+    return {key: {"column": v.column, "given": list(v.given), "metric": v.metric, "value": v.value,
+                  "given_only": v.given_only, "with_embedding": v.with_embedding, "chance": v.chance,
+                  "n_rows": v.n_rows, "n_missing": v.n_missing, "n_classes": v.n_classes, "folds": v.folds,
+                  "note": v.note} for key, v in ck.items()}
+
+
+def _purity(train: Split, test: Split, feature: str, columns: Sequence[str], label_column: str,
+            group_column: str | None, k: int, device: str) -> dict[str, dict]:
     purity: dict[str, dict] = {"purity": {}, "purity_test": {}}
-    if purity_columns or group_column:
+    if columns or group_column:
         for key, part in (("purity", train), ("purity_test", test)):
             # lenient: the columns were checked on the train rows; what the test rows cannot support becomes a note
             purity[key] = {"rows": part.name, **purity_metrics(
-                part.features.embedding(feature), part.table.frame, purity_columns, label_column=label_column,
+                part.features.embedding(feature), part.table.frame, columns, label_column=label_column,
                 group_column=group_column, k=k, device=str(device), strict=False)}
-
-    metrics = {
-        **results,
-        "leakage": {c: d["value"] for c, d in leakage_details.items()},
-        "leakage_details": leakage_details,
-        "conditional_leakage": conditional,
-        **purity,
-        "info": {
-            "model": model,
-            "table": str(Path(table)),
-            "label_column": label_column,
-            "classes": labels.classes,
-            "multilabel": labels.multilabel,
-            "feature": feature,
-            "rows": {s.name: int(data[s.name][2].sum()) for s in splits},
-            "rows_without_label": {s.name: int((~data[s.name][2]).sum()) for s in splits},
-            "train_test_overlap_rows": len(overlap),
-            "group_column": group_column,
-            "seconds": round(time.perf_counter() - t0, 1),
-        },
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if report:
-        from metadino.eval.report import write_report
-
-        write_report(out, metrics, splits=splits, feature=feature, label_column=label_column,
-                     leakage_columns=leakage_columns, y_test=y_test, predictions=predictions, model=model, title=title)
-    return metrics
+    return purity
 
 
 def _check_conditional(specs: Mapping[str, Sequence[str]], frame) -> dict[str, list[str]]:

@@ -142,7 +142,7 @@ def frozen_report(foundation: Path, out: Path, *, seed: int = 0) -> dict[str, An
     from metadino.demo import DEMO_DATA
     from metadino.eval.features import extract
     from metadino.export import load_model
-    from metadino.models.backbone import backbone_from_config
+    from metadino.models.registry import backbone_from_config
 
     foundation_model, pre = load_model(str(foundation))
     torch.manual_seed(seed)

@@ -48,11 +48,9 @@ __all__ = [
     "apply_lora",
     "base_fingerprint",
     "count_parameters",
-    "final_norm_name",
     "freeze_backbone",
     "has_lora",
     "load_adapter_weights",
-    "lora_root",
     "lora_target_names",
     "merge_lora",
     "merged_copy",
@@ -90,21 +88,6 @@ ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 METADINO_ADAPTER_FILE = "metadino_adapter.json"
 _PEFT_PREFIX = "base_model.model."  # key prefix of peft's saved adapters (PeftModel.save_pretrained)
 _ADAPTER = "default"
-
-
-def lora_root(backbone: Backbone) -> nn.Module:
-    """The module LoRA is injected into: the transformers model of an HF backbone, else the backbone."""
-    model = getattr(backbone, "model", None)
-    return model if backbone.kind == "hf" and isinstance(model, nn.Module) else backbone
-
-
-def final_norm_name(backbone: Backbone) -> str:
-    """Attribute name (in :func:`lora_root`) of the final LayerNorm: ``norm`` or ``layernorm``."""
-    root = lora_root(backbone)
-    for name in ("norm", "layernorm"):
-        if isinstance(getattr(root, name, None), nn.LayerNorm):
-            return name
-    raise TypeError(f"cannot find the final norm of {type(root).__name__}")
 
 
 def _matches(name: str, suffix: str) -> bool:
@@ -186,7 +169,7 @@ def apply_lora(
     target_names: Sequence[str] | None = None,
 ) -> list[str]:
     """Inject LoRA adapters in place; afterwards only the adapters (and the final norm when `train_norm`)
-    have ``requires_grad``. Returns the adapted module names (within :func:`lora_root`).
+    have ``requires_grad``. Returns the adapted module names (within :attr:`Backbone.weights_module`).
 
     `target_names` (exact names, e.g. from a saved adapter) bypasses the resolution of `targets`.
     """
@@ -197,7 +180,7 @@ def apply_lora(
                         f"(the backbone has {backbone.depth} blocks)")
     if has_lora(backbone):
         raise ValueError("the backbone already has LoRA adapters")
-    root = lora_root(backbone)
+    root = backbone.weights_module
     names = list(target_names) if target_names is not None else resolve_target_names(
         root, list(backbone.blocks), targets, skip_blocks=skip_blocks)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none")
@@ -208,7 +191,7 @@ def apply_lora(
         if ".lora_A." in name or ".lora_B." in name:
             p.requires_grad_(True)
     if train_norm:
-        _set_trainable(getattr(root, final_norm_name(backbone)), True)
+        _set_trainable(getattr(root, backbone.final_norm_name), True)
     return names
 
 
@@ -218,8 +201,8 @@ def has_lora(module: nn.Module) -> bool:
 
 
 def lora_target_names(backbone: Backbone) -> list[str]:
-    """Names (within :func:`lora_root`) of the LoRA layers, in module order."""
-    return [n for n, m in lora_root(backbone).named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    """Names (within :attr:`Backbone.weights_module`) of the LoRA layers, in module order."""
+    return [n for n, m in backbone.weights_module.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
 
 
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -230,7 +213,7 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 def merge_lora(backbone: Backbone) -> Backbone:
     """Fold every adapter into its base weight (``W + scale * B @ A``) and put the plain ``nn.Linear`` back,
     in place. Returns `backbone` (a no-op without adapters)."""
-    root = lora_root(backbone)
+    root = backbone.weights_module
     for name in lora_target_names(backbone):
         layer = root.get_submodule(name)
         layer.merge(safe_merge=True)  # type: ignore[operator]
@@ -240,7 +223,7 @@ def merge_lora(backbone: Backbone) -> Backbone:
 
 def strip_lora(backbone: Backbone) -> Backbone:
     """Drop the adapters without merging them (the base model back), in place. Returns `backbone`."""
-    root = lora_root(backbone)
+    root = backbone.weights_module
     for name in lora_target_names(backbone):
         _replace(root, name, root.get_submodule(name).get_base_layer())  # type: ignore[operator]
     return backbone
@@ -273,7 +256,7 @@ def base_fingerprint(backbone: Backbone, *, exclude: Sequence[str] = ()) -> str:
     Independent of parameter names (they change between transformers versions): per-tensor digests are sorted.
     """
     digests = []
-    for name, p in lora_root(backbone).named_parameters():
+    for name, p in backbone.weights_module.named_parameters():
         if ".lora_A." in name or ".lora_B." in name or any(name == e or name.startswith(e + ".") for e in exclude):
             continue
         t = p.detach().float().contiguous().cpu()
@@ -298,11 +281,11 @@ def save_adapter(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    root = lora_root(backbone)
+    root = backbone.weights_module
     names = lora_target_names(backbone)
     if not names:
         raise ValueError("the backbone has no LoRA adapters to save")
-    norm = final_norm_name(backbone)
+    norm = backbone.final_norm_name
     state: dict[str, Tensor] = {}
     for name in names:
         layer = root.get_submodule(name)
@@ -351,7 +334,7 @@ def load_adapter_weights(backbone: Backbone, directory: str | Path, *, source: s
 
     directory = Path(directory)
     meta = json.loads((directory / METADINO_ADAPTER_FILE).read_text())
-    root = lora_root(backbone)
+    root = backbone.weights_module
     linear_names = [n for n, m in root.named_modules() if isinstance(m, nn.Linear)]
     saved_names = list(meta["target_names"])
     names = translate_hf_names(saved_names, linear_names)

@@ -14,12 +14,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from metadino.precision import full_precision
+from metadino.ranks import is_distributed
 
 __all__ = ["GlobalBatchNorm"]
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class GlobalBatchNorm(nn.Module):
@@ -36,7 +33,7 @@ class GlobalBatchNorm(nn.Module):
         with full_precision(x.device):
             xf = x.float()
             stats = torch.cat([xf.sum(0), (xf * xf).sum(0), xf.new_full((1,), float(xf.shape[0]))])
-            if _distributed():
+            if is_distributed():
                 from torch.distributed.nn.functional import all_reduce  # autograd-aware
 
                 stats = all_reduce(stats)
