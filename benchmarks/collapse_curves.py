@@ -34,9 +34,9 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def arm_config(table: Path, arm: str, *, steps: int, every: int, seed: int) -> dict:
-    from metadino.demo import plain_config
+    from metadino.demo import arm_config
 
-    cfg = _merge(plain_config(table, steps=steps, seed=seed, quick=False), ARMS[arm])
+    cfg = _merge(arm_config("plain", table, steps=steps, seed=seed, quick=False), ARMS[arm])
     cfg["train"].update(checkpoint_every=every, keep_checkpoints=10_000)
     return cfg
 

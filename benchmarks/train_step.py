@@ -19,7 +19,7 @@ import torch
 
 from metadino.config import config_from_dict
 from metadino.data.synthetic import generate_dataset
-from metadino.demo import plain_config
+from metadino.demo import arm_config
 from metadino.train.loop import train
 
 
@@ -35,7 +35,7 @@ def main() -> None:
         t0 = time.perf_counter()
         table = generate_dataset(Path(tmp) / "data", n_images=2000, image_size=64, channels=4, seed=0)
         gen_s = time.perf_counter() - t0
-        cfg = plain_config(table, steps=args.steps, seed=0, quick=False)
+        cfg = arm_config("plain", table, steps=args.steps, seed=0, quick=False)
         # the demo's architecture from random init, so that depth can vary (the foundation has 6 blocks)
         cfg["model"].update(backbone="builtin:vit-tiny", patch_size=8, depth=6, layerscale_init=1.0)
         cfg["train"].update({"log_every": 1, "checkpoint_every": 10**6, "precision": args.precision})

@@ -28,12 +28,16 @@ import resource
 import shutil
 import sys
 import time
+from functools import partial
+from importlib import resources
 from pathlib import Path
 
-from metadino.config import config_from_dict
+from metadino.config import config_from_dict, read_yaml
 from metadino.data.synthetic import generate_dataset
 from metadino.errors import UserError
+from metadino.files import claim_output_dir
 from metadino.eval.evaluate import evaluate
+from metadino.export import load_model
 from metadino.train.loop import train
 
 MARKER = ".metadino-demo"
@@ -52,60 +56,48 @@ TITLES = {
 PRIMARY = ("knn", "accuracy")
 
 
-def plain_config(table: Path, *, steps: int, seed: int, quick: bool) -> dict:
-    """Continued DINOv2 from the foundation: fresh DINO/iBOT heads, heads alone for 10 % of the steps, then the
-    backbone with a 5 % LR ramp (the defaults for a pretrained backbone)."""
-    head = {"out_dim": 256 if quick else 2048, "hidden_dim": 256 if quick else 512, "bottleneck_dim": 64 if quick else 128}
-    return {
-        "data": {"table": str(table), "rows": {"split": "train"}},
-        "model": {"backbone": FOUNDATION, "in_chans": 4, "drop_path_rate": 0.0 if quick else 0.1},
-        "ssl": {"method": "dinov2", "head": dict(head), "ibot": {"head": dict(head)}, "ema_momentum": 0.99},
-        "crops": {"global_size": 48, "local_size": 24, "n_local": 2 if quick else 4, "global_scale": [0.4, 1.0],
-                  "local_scale": [0.1, 0.4], "vflip": True, "photometric": "microscopy"},
-        "optim": {"lr": 2e-4, "min_lr": 1e-5, "warmup_steps": max(steps // 10, 1), "layer_decay": 0.9,
-                  "patch_embed_lr_mult": 0.2},
-        "train": {"steps": steps, "batch_size": 16 if quick else 48, "seed": seed, "num_workers": 0 if quick else 2,
-                  "checkpoint_every": steps, "log_every": max(steps // 20, 1)},
-    }
+# The arms' configs are package files (configs/demo*.yaml in the repository link to them); the demo overrides only
+# the table, the seed, the step counts and, for --quick, the sizes below.
+CONFIG_FILES = {"plain": "demo.yaml", "fino": "demo_fino.yaml", "fino_plate": "demo_fino_plate.yaml"}
+QUICK = {
+    "model": {"drop_path_rate": 0.0},
+    "ssl": {"head": {"out_dim": 256, "hidden_dim": 256, "bottleneck_dim": 64},
+            "ibot": {"head": {"out_dim": 256, "hidden_dim": 256, "bottleneck_dim": 64}}},
+    "crops": {"n_local": 2},
+    "train": {"batch_size": 16, "num_workers": 0},
+}
 
 
-def fino_config(table: Path, *, steps: int, seed: int, quick: bool) -> dict:
-    """FINO's HPA recipe with the released code's values: antibody prototype bank (weight 0.1, τ 0.07, momentum
-    0.999), SIGReg 0.05 instead of KoLeo, gradient balancing (a no-op with one guide), DANN λ ramp."""
-    cfg = copy.deepcopy(plain_config(table, steps=steps, seed=seed, quick=quick))
-    cfg["ssl"]["sigreg"] = {"weight": 0.05}
-    cfg["guidance"] = {
-        "balance": True,
-        "guides": [{"column": "antibody", "role": "informative", "head": "prototypical", "weight": 0.1}],
-    }
-    return cfg
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
-def fino_plate_config(table: Path, *, steps: int, seed: int, quick: bool) -> dict:
-    """FINO plus conditional plate suppression: a plate adversary behind gradient reversal that also sees the cell
-    line (`given`), weight 0.1 (0.01 after the reference's /10 rule for spurious guides)."""
-    cfg = fino_config(table, steps=steps, seed=seed, quick=quick)
-    cfg["guidance"]["guides"].append(
-        {"column": "plate", "role": "spurious", "head": "classification", "weight": 0.1, "given": ["cell_line"]}
-    )
-    return cfg
+def arm_config(arm: str, table: Path, *, steps: int, seed: int, quick: bool) -> dict:
+    """The shipped config of `arm` (plain: continued DINOv2 from the foundation, two-stage; fino: + antibody
+    prototype bank and SIGReg; fino_plate: + plate adversary given the cell line) on `table`, for `steps` and `seed`."""
+    shipped = read_yaml(Path(str(resources.files("metadino.configs") / CONFIG_FILES[arm])))
+    run = {"data": {"table": str(table)}, "optim": {"warmup_steps": max(steps // 10, 1)},
+           "train": {"steps": steps, "seed": seed, "checkpoint_every": steps, "log_every": max(steps // 20, 1)}}
+    return _merge(_merge(shipped, run), QUICK if quick else {})
 
 
-CONFIGS = {"plain": plain_config, "fino": fino_config, "fino_plate": fino_plate_config}
+CONFIGS = {arm: partial(arm_config, arm) for arm in CONFIG_FILES}  # arm -> config builder (the study adds arms)
 
 
 def _prepare_out(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise UserError(f"'{out}' exists and was not made by metadino demo; choose another --out.")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if claim_output_dir(out, MARKER, not_a_folder=f"'{out}' is a file; choose another --out for the demo.",
+                        not_ours=f"'{out}' exists and was not made by metadino demo; choose another --out."):
+        shutil.rmtree(out)  # an earlier demo's output, all of it ours
+        out.mkdir()
     (out / MARKER).write_text("written by metadino demo; safe to delete\n")
 
 
 def evaluate_arm(model: str, table: Path, out: Path, seed: int, title: str) -> dict:
     return evaluate(
-        model, table=table, label_column="label", train_rows={"split": "train"}, test_rows={"split": "test"},
+        model, partial(load_model, model), table=table, label_column="label", train_rows={"split": "train"}, test_rows={"split": "test"},
         group_column="plate", probes=("knn", "linear"), leakage_columns=LEAKAGE_COLUMNS, conditional_leakage=CONDITIONAL,
         out=out, cache_dir=None, seed=seed, progress=False, title=title,
     )

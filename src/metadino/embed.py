@@ -13,6 +13,7 @@ import torch
 
 from metadino.data.table import MetadataTable
 from metadino.errors import UserError
+from metadino.files import atomic_write
 from metadino.eval.features import extract
 from metadino.models.backbone import Backbone
 
@@ -48,9 +49,7 @@ def write_embeddings(table: MetadataTable, features: torch.Tensor, out: str | Pa
     arrow = pa.Table.from_pandas(frame, preserve_index=False).append_column(
         "embedding", pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
     )
-    tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(arrow, tmp)
-    tmp.replace(out)
+    atomic_write(out, lambda tmp: pq.write_table(arrow, tmp))
     return out
 
 

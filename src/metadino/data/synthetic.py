@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 
 from metadino.errors import UserError
+from metadino.files import claim_output_dir
 
 LABELS: tuple[str, ...] = (
     "nucleoplasm",
@@ -253,15 +254,11 @@ def _check_args(n_images: int, image_size: int, channels: int, n_cell_lines: int
 
 
 def _prepare_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is not a folder; choose another output folder")
-    if not out.exists() or not any(out.iterdir()):
-        out.mkdir(parents=True, exist_ok=True)
+    earlier = claim_output_dir(
+        out, MARKER, not_a_folder=f"output {out} exists and is not a folder; choose another output folder",
+        not_ours=f"output folder {out} is not empty and holds no synthetic dataset; choose a new or empty folder")
+    if not earlier:
         return
-    if not (out / MARKER).is_file():
-        raise UserError(
-            f"output folder {out} is not empty and holds no synthetic dataset; choose a new or empty folder"
-        )
     if not overwrite:
         raise UserError(
             f"output folder {out} already holds a synthetic dataset; choose a new folder or pass overwrite"

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from metadino.data.dataset import EvalDataset
 from metadino.data.table import MetadataTable
 from metadino.errors import UserError
+from metadino.files import atomic_write
 from metadino.models.backbone import Backbone
 
 CACHE_VERSION = 1
@@ -152,9 +153,8 @@ def cached_extract(
     features = extract(backbone, table, preprocessing, patch_blocks=patch_blocks, **kwargs)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"cls": features.cls, "mean_patch": features.mean_patch, "patch_tokens": features.patch_tokens}, tmp)
-        tmp.replace(path)
+        saved = {"cls": features.cls, "mean_patch": features.mean_patch, "patch_tokens": features.patch_tokens}
+        atomic_write(path, lambda tmp: torch.save(saved, tmp))
     except OSError:
         pass  # caching is an optimisation; a read-only cache folder must not fail the evaluation
     return features

@@ -29,15 +29,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from metadino.ranks import world_size
+
 __all__ = ["GradNormEMA", "balance_guides", "ema_grad_norms"]
 
 VALID_NORM = 1e-6
-
-
-def _world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
 
 
 def ema_grad_norms(previous: Tensor, norms: Tensor, momentum: float) -> Tensor:
@@ -130,7 +126,7 @@ def balance_guides(
             grad = torch.autograd.grad(loss, anchor, retain_graph=True, allow_unused=True)[0]
         sq.append(grad.float().pow(2).sum() if grad is not None else anchor.new_zeros((), dtype=torch.float32))
     sq_t = torch.stack(sq)
-    world = _world_size()
+    world = world_size()
     if not per_rank and world > 1:
         dist.all_reduce(sq_t)
         sq_t = sq_t / (world * world)

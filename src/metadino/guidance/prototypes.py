@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metadino.errors import UserError
+from metadino.ranks import world_size
 from metadino.guidance.grl import scale_gradient
 from metadino.guidance.head import GuideHead, GuideOutput, check_features, masked_mean, masked_rate, valid_mask
 from metadino.precision import full_precision
@@ -25,18 +26,12 @@ from metadino.precision import full_precision
 __all__ = ["PrototypeBank"]
 
 
-def _world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
 def _gather_global(feats: Tensor, labels: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """All-gather [n_crops, B, D] features, [B] labels and [B] valid rank-major over the default group.
 
     Unequal per-rank batches are padded to the largest one; padding rows are marked invalid.
     """
-    world = _world_size()
+    world = world_size()
     if world <= 1:
         return feats, labels, valid
     n_crops, batch, dim = feats.shape

@@ -12,21 +12,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from metadino.precision import full_precision
+from metadino.ranks import world_size
 
 __all__ = ["SoftmaxCenter", "sinkhorn_knopp"]
-
-
-def _world_size(group: dist.ProcessGroup | None = None) -> int:
-    """World size of `group` when torch.distributed is in use, else 1."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(group)
-    return 1
 
 
 def _all_reduce(x: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM,
                 group: dist.ProcessGroup | None = None) -> Tensor:
     """In-place all-reduce of a (non-differentiable) tensor; a no-op on one process."""
-    if _world_size(group) > 1:
+    if world_size(group) > 1:
         dist.all_reduce(x, op=op, group=group)
     return x
 

@@ -25,15 +25,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from metadino.ranks import world_size
+
 __all__ = ["DEFAULT_SIGREG_SEED", "SIGReg"]
 
 DEFAULT_SIGREG_SEED = 67280421310721  # the reference's seed when no seed_step is given
-
-
-def _world_size(group: dist.ProcessGroup | None) -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(group)
-    return 1
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -103,7 +99,7 @@ class SIGReg(nn.Module):
         x_t = (z @ a).unsqueeze(-1) * self.t  # [N, S, T]
         sums = torch.stack([torch.cos(x_t).sum(dim=0), torch.sin(x_t).sum(dim=0)])  # [2, S, T]
 
-        world = _world_size(group)
+        world = world_size(group)
         if world > 1 and self.reference_scaling:
             local_mean = sums / max(n, 1)
             reduced = local_mean.detach().clone()
