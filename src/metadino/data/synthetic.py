@@ -172,13 +172,30 @@ def generate_dataset(
     table = _draw_table(rng, n_images, lines, antibodies, plates, missing_antibody_fraction, channels)
 
     # The marker goes first so that an interrupted run can be replaced with overwrite=True.
-    marker = {
+    parameters = {
+        "n_images": n_images, "image_size": image_size, "channels": channels, "n_cell_lines": n_cell_lines,
+        "n_antibodies": n_antibodies, "n_plates": n_plates, "n_heldout_plates": n_heldout_plates,
+        "missing_antibody_fraction": missing_antibody_fraction, "seed": seed,
+    }
+    marker = _marker(parameters, channels, table, lines, antibodies, plates)
+    (out / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
+
+    ab_of_row = table.pop("_antibody_index").to_numpy()
+    _render_images(out, table, ab_of_row, lines, antibodies, plates, image_size=image_size, channels=channels,
+                   seed=seed, progress=progress)
+
+    # Table last: a folder with metadata.csv holds a complete dataset.
+    table_path = out / TABLE
+    table.to_csv(table_path, index=False)
+    return table_path
+
+
+def _marker(parameters: dict, channels: int, table: pd.DataFrame, lines: list[_CellLine],
+            antibodies: list[_Antibody], plates: list[_Plate]) -> dict:
+    """The content of ``generator.json``: the parameters and the drawn factors."""
+    return {
         "generator": "metadino.data.synthetic",
-        "parameters": {
-            "n_images": n_images, "image_size": image_size, "channels": channels, "n_cell_lines": n_cell_lines,
-            "n_antibodies": n_antibodies, "n_plates": n_plates, "n_heldout_plates": n_heldout_plates,
-            "missing_antibody_fraction": missing_antibody_fraction, "seed": seed,
-        },
+        "parameters": parameters,
         "channel_names": list(channel_names(channels)),
         "labels": [label for label in LABELS if label in set(table["label"])],
         "informative": ["label", "antibody", "cell_line"],
@@ -187,14 +204,18 @@ def generate_dataset(
         "antibodies": [asdict(ab) for ab in antibodies],
         "plates": [asdict(plate) for plate in plates],
     }
-    (out / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
 
+
+def _render_images(out: Path, table: pd.DataFrame, ab_of_row: np.ndarray, lines: list[_CellLine],
+                   antibodies: list[_Antibody], plates: list[_Plate], *, image_size: int, channels: int, seed: int,
+                   progress: bool) -> None:
+    """Render and write every row's image, in batches with their own generators (seed, 1, batch index)."""
     from tqdm.auto import tqdm
 
     line_index = {line.name: i for i, line in enumerate(lines)}
     plate_index = {plate.name: i for i, plate in enumerate(plates)}
     label_index = {label: i for i, label in enumerate(LABELS)}
-    ab_of_row = table.pop("_antibody_index").to_numpy()
+    n_images = len(table)
     batch = max(1, (1 << 18) // (image_size * image_size))  # ~64 images at 64 px; bounds memory at large sizes
     (out / "images").mkdir(parents=True, exist_ok=True)
     for plate in plates:
@@ -215,11 +236,6 @@ def generate_dataset(
             )
             _write_images(out, rows["path"].tolist(), images, channels)
             bar.update(len(rows))
-
-    # Table last: a folder with metadata.csv holds a complete dataset.
-    table_path = out / TABLE
-    table.to_csv(table_path, index=False)
-    return table_path
 
 
 # ---------------------------------------------------------------------------------- arguments & io
@@ -471,20 +487,67 @@ def _ellipse_to_image(cx, cy, a, b, theta, u, v):
 
 def _render(rng: np.random.Generator, size: int, lines: list[_CellLine], abs_: list[_Antibody],
             labels: list[int], plates: list[_Plate], exposure: np.ndarray, focus: np.ndarray) -> np.ndarray:
-    """Draw a batch of fields of view and apply each plate's batch effect; returns [B, 4, S, S] in [0, 1]."""
-    n, s, k = len(lines), size, _MAX_CELLS
-    f32 = np.float32
-    col = np.arange(s, dtype=f32) + 0.5
-    X = col[None, None, None, :]
-    Y = col[None, None, :, None]
+    """Draw a batch of fields of view and apply each plate's batch effect; returns [B, 4, S, S] in [0, 1].
 
-    # ---------------------------------------------------------------- cell geometry, [B, K] each
-    attr = lambda name: np.array([getattr(line, name) for line in lines])[:, None]  # noqa: E731
-    mean_cells = attr("mean_cells")[:, 0]
+    The steps draw from ``rng`` in a fixed order (cells, nucleoli, chromatin, microtubules, ER, protein,
+    acquisition): reordering them would change every generated image.
+    """
+    cells = _draw_cells(rng, size, lines)
+    maps = _cell_maps(cells, size)
+    nucleoli = _draw_nucleoli(rng, cells)
+    nucleoli_mask = nucleoli.mask(np.ones(len(lines)), size)
+    nucleus_ch = _nucleus_channel(rng, maps, nucleoli_mask, size)
+    micro = _microtubules(rng, lines, maps, size)
+    er_ch = _endoplasmic_reticulum(rng, cells, maps, size)
+    protein = _protein_channel(rng, size, abs_, labels, cells, maps, nucleoli, nucleoli_mask, er_ch)
+    clean = np.stack([nucleus_ch, micro, er_ch, protein], axis=1).astype(np.float32)  # [B, 4, S, S]
+    return _acquire(rng, clean, plates, exposure, focus)
+
+
+def _column(items: list, name: str) -> np.ndarray:
+    """[B, 1] float64 column of one attribute of each item (cell line, antibody)."""
+    return np.array([getattr(item, name) for item in items])[:, None]
+
+
+def _e4(x) -> np.ndarray:
+    """A per-cell [B, K] array as float32 [B, K, 1, 1], to broadcast over the pixels."""
+    return np.asarray(x, dtype=np.float32)[:, :, None, None]
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Geometry of the cells of a batch, [B, K] each (K = _MAX_CELLS slots; ``exists`` marks the used ones).
+
+    Cell body: centre (cx, cy), semi-axes (a, b), orientation theta, mean radius; boundary wobble of amplitude
+    ``irreg`` ([B, 1]) with two harmonic phases. Nucleus: centre (ncx, ncy), semi-axes (na, nb), ntheta, nrad.
+    """
+
+    exists: np.ndarray
+    radius: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    theta: np.ndarray
+    cx: np.ndarray
+    cy: np.ndarray
+    nrad: np.ndarray
+    na: np.ndarray
+    nb: np.ndarray
+    ntheta: np.ndarray
+    ncx: np.ndarray
+    ncy: np.ndarray
+    irreg: np.ndarray
+    phase1: np.ndarray
+    phase2: np.ndarray
+
+
+def _draw_cells(rng: np.random.Generator, s: int, lines: list[_CellLine]) -> _Cells:
+    """1-3 cells per field with their line's morphology: the first near the centre, the others around it."""
+    n, k = len(lines), _MAX_CELLS
+    mean_cells = _column(lines, "mean_cells")[:, 0]
     n_cells = 1 + rng.binomial(2, (mean_cells - 1.0) / 2.0)
-    exists = (np.arange(k)[None, :] < n_cells[:, None]).astype(f32)
-    radius = attr("radius") * s * np.exp(rng.normal(0, 0.1, (n, k)))
-    elong = attr("elongation") * np.exp(rng.normal(0, 0.1, (n, k)))
+    exists = (np.arange(k)[None, :] < n_cells[:, None]).astype(np.float32)
+    radius = _column(lines, "radius") * s * np.exp(rng.normal(0, 0.1, (n, k)))
+    elong = _column(lines, "elongation") * np.exp(rng.normal(0, 0.1, (n, k)))
     a, b = radius * np.sqrt(elong), radius / np.sqrt(elong)
     theta = rng.uniform(0, 2 * np.pi, (n, k))
     cx = np.empty((n, k))
@@ -495,57 +558,106 @@ def _render(rng: np.random.Generator, size: int, lines: list[_CellLine], abs_: l
     dist = radius[:, :1] * rng.uniform(1.5, 2.1, (n, k - 1))
     cx[:, 1:] = cx[:, :1] + dist * np.cos(psi)
     cy[:, 1:] = cy[:, :1] + dist * np.sin(psi)
-    nrad = radius * attr("nucleus_fraction") * np.exp(rng.normal(0, 0.08, (n, k)))
-    nel = attr("nucleus_elongation") * np.exp(rng.normal(0, 0.08, (n, k)))
+    nrad = radius * _column(lines, "nucleus_fraction") * np.exp(rng.normal(0, 0.08, (n, k)))
+    nel = _column(lines, "nucleus_elongation") * np.exp(rng.normal(0, 0.08, (n, k)))
     na, nb = nrad * np.sqrt(nel), nrad / np.sqrt(nel)
     ntheta = theta + rng.normal(0, 0.3, (n, k))
     # Nucleus sits off-centre along the major axis, as in spread cells.
     ncx, ncy = _ellipse_to_image(cx, cy, a, b, theta, rng.uniform(-0.2, 0.2, (n, k)), rng.uniform(-0.1, 0.1, (n, k)))
-    irreg = attr("irregularity")
     phase1, phase2 = rng.uniform(0, 2 * np.pi, (2, n, k))
+    return _Cells(exists, radius, a, b, theta, cx, cy, nrad, na, nb, ntheta, ncx, ncy,
+                  _column(lines, "irregularity"), phase1, phase2)
 
-    e4 = lambda x: np.asarray(x, dtype=f32)[:, :, None, None]  # noqa: E731
-    dx, dy = X - e4(cx), Y - e4(cy)
-    ct, st = e4(np.cos(theta)), e4(np.sin(theta))
-    u, v = (dx * ct + dy * st) / e4(a), (-dx * st + dy * ct) / e4(b)
+
+@dataclass(frozen=True)
+class _CellMaps:
+    """Pixel maps of a batch: per cell [B, K, S, S] (``*_k``, rc, rn, ndx, ndy) or per field [B, S, S]."""
+
+    rc: np.ndarray  # radial coordinate in the cell, 1 on its (irregular) edge
+    cell_k: np.ndarray
+    nuc_k: np.ndarray
+    rn: np.ndarray  # radial coordinate in the nucleus, 1 on its edge
+    ndx: np.ndarray  # x offset (px) from the nucleus centre
+    ndy: np.ndarray
+    cell: np.ndarray
+    nuc: np.ndarray
+    cyto: np.ndarray
+    perinuclear: np.ndarray  # decays with the distance outside the nucleus
+
+
+def _cell_maps(c: _Cells, s: int) -> _CellMaps:
+    """Soft masks of cell bodies and nuclei, and the coordinates later steps need (no random draws)."""
+    col = np.arange(s, dtype=np.float32) + 0.5
+    X = col[None, None, None, :]
+    Y = col[None, None, :, None]
+    dx, dy = X - _e4(c.cx), Y - _e4(c.cy)
+    ct, st = _e4(np.cos(c.theta)), _e4(np.sin(c.theta))
+    u, v = (dx * ct + dy * st) / _e4(c.a), (-dx * st + dy * ct) / _e4(c.b)
     phi = np.arctan2(v, u)
-    wobble = 1.0 + e4(irreg) * (np.sin(3 * phi + e4(phase1)) + 0.6 * np.sin(5 * phi + e4(phase2)))
+    wobble = 1.0 + _e4(c.irreg) * (np.sin(3 * phi + _e4(c.phase1)) + 0.6 * np.sin(5 * phi + _e4(c.phase2)))
     rc = np.sqrt(u * u + v * v) / wobble  # 1 on the (irregular) cell edge
-    edge = 0.6 / e4(radius)  # soft edge width ~0.6 px
-    cell_k = _sigmoid((1.0 - rc) / edge) * e4(exists)
-    ndx, ndy = X - e4(ncx), Y - e4(ncy)
-    nct, nst = e4(np.cos(ntheta)), e4(np.sin(ntheta))
-    nu, nv = (ndx * nct + ndy * nst) / e4(na), (-ndx * nst + ndy * nct) / e4(nb)
+    edge = 0.6 / _e4(c.radius)  # soft edge width ~0.6 px
+    cell_k = _sigmoid((1.0 - rc) / edge) * _e4(c.exists)
+    ndx, ndy = X - _e4(c.ncx), Y - _e4(c.ncy)
+    nct, nst = _e4(np.cos(c.ntheta)), _e4(np.sin(c.ntheta))
+    nu, nv = (ndx * nct + ndy * nst) / _e4(c.na), (-ndx * nst + ndy * nct) / _e4(c.nb)
     rn = np.sqrt(nu * nu + nv * nv)
-    nuc_k = _sigmoid((1.0 - rn) / (0.6 / e4(nrad))) * cell_k
+    nuc_k = _sigmoid((1.0 - rn) / (0.6 / _e4(c.nrad))) * cell_k
     cell = cell_k.max(axis=1)
     nuc = nuc_k.max(axis=1)
     cyto = np.clip(cell - nuc, 0.0, 1.0)
     # Distance outside the nucleus, in px (0 inside), for perinuclear gradients.
-    out_nuc = np.clip(rn - 1.0, 0.0, None) * e4(nrad)
-    perinuclear = (np.exp(-out_nuc / e4(0.45 * radius)) * cell_k).max(axis=1)
+    out_nuc = np.clip(rn - 1.0, 0.0, None) * _e4(c.nrad)
+    perinuclear = (np.exp(-out_nuc / _e4(0.45 * c.radius)) * cell_k).max(axis=1)
+    return _CellMaps(rc, cell_k, nuc_k, rn, ndx, ndy, cell, nuc, cyto, perinuclear)
 
-    # Nucleoli: 1-4 per nucleus, dark in the nucleus channel, bright for the nucleoli label.
+
+@dataclass(frozen=True)
+class _Nucleoli:
+    """1-4 nucleoli per nucleus: centres (px) and widths [B, K, _N_NUCLEOLI], ``present`` marks the used slots."""
+
+    x: np.ndarray
+    y: np.ndarray
+    sigma: np.ndarray
+    present: np.ndarray
+
+    def mask(self, scale: np.ndarray, s: int) -> np.ndarray:
+        """[B, S, S] in [0, 1], each image's nucleoli widened by its ``scale``."""
+        n = self.present.shape[0]
+        flat = lambda x: x.reshape(n, -1)
+        return np.clip(_dots(flat(self.y), flat(self.x), flat(self.sigma * scale[:, None, None]), flat(self.present),
+                             s), 0, 1)
+
+
+def _draw_nucleoli(rng: np.random.Generator, c: _Cells) -> _Nucleoli:
+    """Nucleoli: dark in the nucleus channel, bright for the nucleoli label."""
+    n, k = c.exists.shape
     n_nucleoli = rng.integers(1, _N_NUCLEOLI + 1, (n, k))
-    present = (np.arange(_N_NUCLEOLI)[None, None, :] < n_nucleoli[..., None]) * exists[..., None]
+    present = (np.arange(_N_NUCLEOLI)[None, None, :] < n_nucleoli[..., None]) * c.exists[..., None]
     rr = np.sqrt(rng.uniform(0, 1, (n, k, _N_NUCLEOLI))) * 0.55
     aa = rng.uniform(0, 2 * np.pi, (n, k, _N_NUCLEOLI))
-    nlx, nly = _ellipse_to_image(ncx[..., None], ncy[..., None], na[..., None], nb[..., None], ntheta[..., None],
-                                 rr * np.cos(aa), rr * np.sin(aa))
-    nl_sigma = np.maximum(0.7, 0.13 * nrad[..., None] * rng.uniform(0.7, 1.3, (n, k, _N_NUCLEOLI)))
+    nlx, nly = _ellipse_to_image(c.ncx[..., None], c.ncy[..., None], c.na[..., None], c.nb[..., None],
+                                 c.ntheta[..., None], rr * np.cos(aa), rr * np.sin(aa))
+    nl_sigma = np.maximum(0.7, 0.13 * c.nrad[..., None] * rng.uniform(0.7, 1.3, (n, k, _N_NUCLEOLI)))
+    return _Nucleoli(nlx, nly, nl_sigma, present)
 
-    def nucleoli(scale: np.ndarray) -> np.ndarray:
-        flat = lambda x: x.reshape(n, -1)  # noqa: E731
-        return np.clip(_dots(flat(nly), flat(nlx), flat(nl_sigma * scale[:, None, None]), flat(present), s), 0, 1)
 
-    nucleoli_mask = nucleoli(np.ones(n))
+# ------------------------------------------------------------------------------ reference channels
 
-    # ---------------------------------------------------------------- reference channels
-    chromatin = _smooth_noise(rng, n, s, max(4, s // 5))
-    nucleus_ch = nuc * (0.75 + 0.15 * chromatin) * (1.0 - 0.55 * nucleoli_mask)
 
-    # Microtubules: radial filaments from the nucleus centre; a random angular profile per cell,
-    # sampled at (angle + twist * radius), gives filaments that fan out and bend.
+def _nucleus_channel(rng: np.random.Generator, m: _CellMaps, nucleoli_mask: np.ndarray, s: int) -> np.ndarray:
+    """Textured chromatin with darker nucleoli. [B, S, S]"""
+    chromatin = _smooth_noise(rng, len(m.nuc), s, max(4, s // 5))
+    return m.nuc * (0.75 + 0.15 * chromatin) * (1.0 - 0.55 * nucleoli_mask)
+
+
+def _microtubules(rng: np.random.Generator, lines: list[_CellLine], m: _CellMaps, s: int) -> np.ndarray:
+    """Radial filaments from the nucleus centre. [B, S, S]
+
+    A random angular profile per cell, sampled at (angle + twist * radius), gives filaments that fan out and bend.
+    """
+    n, k = m.cell_k.shape[:2]
+    f32 = np.float32
     profile_len = 256
     n_fil = rng.integers(14, 26, (n, k))
     fil_angle = rng.uniform(0, 1, (n, k, 26))
@@ -555,87 +667,120 @@ def _render(rng: np.random.Generator, size: int, lines: list[_CellLine], abs_: l
     diff = np.minimum(diff, 1.0 - diff) * 2 * np.pi  # angular distance, rad
     width = 0.05 * rng.uniform(0.7, 1.3, (n, k, 26))[..., None]
     profile = (np.exp(-0.5 * (diff / width) ** 2) * fil_on[..., None] * rng.uniform(0.5, 1.0, (n, k, 26))[..., None]).sum(2)
+    ndx, ndy = m.ndx, m.ndy
     r_mt = np.sqrt(ndx * ndx + ndy * ndy)
-    twist = e4(attr("twist") / s * rng.uniform(0.5, 1.5, (n, k)))
+    twist = _e4(_column(lines, "twist") / s * rng.uniform(0.5, 1.5, (n, k)))
     ang = (np.arctan2(ndy, ndx) + twist * r_mt) / (2 * np.pi) % 1.0
     idx = np.minimum((ang * profile_len).astype(np.int64), profile_len - 1).reshape(n, k, -1)
     fil = np.take_along_axis(profile.astype(f32), idx, axis=2).reshape(n, k, s, s)
-    fil_k = np.clip(fil, 0, 1.3) * cell_k * (1.0 - 0.6 * nuc_k)
-    micro = np.clip((0.25 * cell + 0.75 * fil_k.max(axis=1)), 0, 1.2)
+    fil_k = np.clip(fil, 0, 1.3) * m.cell_k * (1.0 - 0.6 * m.nuc_k)
+    return np.clip((0.25 * m.cell + 0.75 * fil_k.max(axis=1)), 0, 1.2)
 
-    # ER: a reticular network (ridges = zero crossings of band-limited noise), densest around the nucleus.
-    er_noise = _smooth_noise(rng, n, s, max(4, s // 6))
+
+def _endoplasmic_reticulum(rng: np.random.Generator, c: _Cells, m: _CellMaps, s: int) -> np.ndarray:
+    """A reticular network (ridges = zero crossings of band-limited noise), densest around the nucleus. [B, S, S]"""
+    er_noise = _smooth_noise(rng, len(m.nuc), s, max(4, s // 6))
     reticulum = np.exp(-((er_noise / 0.45) ** 2))
-    er_ch = (0.3 + 0.7 * reticulum) * perinuclear * (1.0 - 0.7 * nuc) + 0.5 * _nuclear_rim(rn, cell_k, nrad)
+    return (0.3 + 0.7 * reticulum) * m.perinuclear * (1.0 - 0.7 * m.nuc) + 0.5 * _nuclear_rim(m.rn, m.cell_k, c.nrad)
 
-    # ---------------------------------------------------------------- protein channel (the label)
-    bright = np.array([ab.brightness for ab in abs_], dtype=f32)
-    background = np.array([ab.background for ab in abs_], dtype=f32)
-    gran = np.array([ab.granularity for ab in abs_], dtype=f32)
+
+# ------------------------------------------------------------------------- protein channel (the label)
+
+
+def _protein_channel(rng: np.random.Generator, s: int, abs_: list[_Antibody], labels: list[int], c: _Cells,
+                     m: _CellMaps, nucleoli: _Nucleoli, nucleoli_mask: np.ndarray, er_ch: np.ndarray) -> np.ndarray:
+    """The label's localization pattern with the antibody's signature and cell-to-cell expression. [B, S, S]"""
+    expression = np.exp(rng.normal(0, 0.35, c.exists.shape))  # cell-to-cell variation
+    expr_map = (m.cell_k * _e4(expression)).max(axis=1)
+    protein = _localization(rng, s, abs_, np.asarray(labels), c, m, nucleoli, nucleoli_mask, er_ch)
+    return _antibody_signature(rng, s, abs_, protein, m, expr_map)
+
+
+def _localization(rng: np.random.Generator, s: int, abs_: list[_Antibody], labels_arr: np.ndarray, c: _Cells,
+                  m: _CellMaps, nucleoli: _Nucleoli, nucleoli_mask: np.ndarray, er_ch: np.ndarray) -> np.ndarray:
+    """Each image's localization pattern, one label at a time (in LABELS order: it fixes the draws). [B, S, S]"""
+    n = len(labels_arr)
     dot_size = np.array([ab.dot_size for ab in abs_])
     dot_count = np.array([ab.dot_count for ab in abs_])
-    expression = np.exp(rng.normal(0, 0.35, (n, k)))  # cell-to-cell variation
-    expr_map = (cell_k * e4(expression)).max(axis=1)
-    labels_arr = np.asarray(labels)
-    protein = np.zeros((n, s, s), dtype=f32)
+    protein = np.zeros((n, s, s), dtype=np.float32)
 
     def sel(label: str) -> np.ndarray:
         return np.flatnonzero(labels_arr == LABELS.index(label))
 
     i = sel("nucleoplasm")
-    protein[i] = nuc[i] * (1.0 - 0.7 * nucleoli_mask[i])
+    protein[i] = m.nuc[i] * (1.0 - 0.7 * nucleoli_mask[i])
     i = sel("nucleoli")
-    protein[i] = 1.5 * nucleoli(dot_size)[i] * nuc[i]
+    protein[i] = 1.5 * nucleoli.mask(dot_size, s)[i] * m.nuc[i]
     i = sel("cytosol")
-    protein[i] = cyto[i] + 0.15 * nuc[i]
+    protein[i] = m.cyto[i] + 0.15 * m.nuc[i]
     i = sel("plasma_membrane")
-    ring = np.exp(-0.5 * ((rc[i] - 1.0) / (1.2 / e4(radius[i]))) ** 2) * e4(exists[i])
-    protein[i] = ring.max(axis=1) * 0.9 + 0.12 * cell[i]
+    ring = np.exp(-0.5 * ((m.rc[i] - 1.0) / (1.2 / _e4(c.radius[i]))) ** 2) * _e4(c.exists[i])
+    protein[i] = ring.max(axis=1) * 0.9 + 0.12 * m.cell[i]
     i = sel("mitochondria")
     if len(i):
         # Blobs = peaks of fine noise; a larger antibody dot size lowers the threshold (bigger, merged blobs).
         threshold = (0.5 / dot_size[i])[:, None, None]
         blobs = np.clip(_smooth_noise(rng, len(i), s, max(6, s // 3)) - threshold, 0, None)
-        protein[i] = np.clip(blobs * 2.0, 0, 1) * cyto[i] * (0.3 + 0.7 * perinuclear[i])
+        protein[i] = np.clip(blobs * 2.0, 0, 1) * m.cyto[i] * (0.3 + 0.7 * m.perinuclear[i])
     i = sel("endoplasmic_reticulum")
     protein[i] = er_ch[i]
     i = sel("golgi")
     if len(i):
-        ang_g = rng.uniform(0, 2 * np.pi, (len(i), k))
-        dist_g = 1.0 + 2.0 / np.maximum(nrad[i], 1.0)  # just outside the nuclear edge
-        gx0, gy0 = _ellipse_to_image(ncx[i], ncy[i], na[i], nb[i], ntheta[i], dist_g * np.cos(ang_g), dist_g * np.sin(ang_g))
-        spread_g = 0.25 * radius[i, :, None] * rng.uniform(0.5, 1.0, (len(i), k, _GOLGI_BLOBS))
-        gx = gx0[..., None] + rng.normal(0, 1, (len(i), k, _GOLGI_BLOBS)) * spread_g * 0.6
-        gy = gy0[..., None] + rng.normal(0, 1, (len(i), k, _GOLGI_BLOBS)) * spread_g * 0.6
-        sig = np.maximum(0.7, 0.05 * s * dot_size[i, None, None] * rng.uniform(0.6, 1.2, (len(i), k, _GOLGI_BLOBS)))
-        w = np.repeat(exists[i][..., None], _GOLGI_BLOBS, axis=2) * rng.uniform(0.5, 1.0, (len(i), k, _GOLGI_BLOBS))
-        protein[i] = np.clip(_dots(gy.reshape(len(i), -1), gx.reshape(len(i), -1), sig.reshape(len(i), -1),
-                                   w.reshape(len(i), -1), s), 0, 1.2) * cell[i]
+        protein[i] = _golgi(rng, s, i, dot_size, c, m)
     i = sel("vesicles")
     if len(i):
-        count = np.clip(np.round(rng.uniform(5, 12, (len(i), k)) * dot_count[i, None]), 3, _MAX_DOTS)
-        on = (np.arange(_MAX_DOTS)[None, None, :] < count[..., None]) * exists[i][..., None]
-        rv = np.sqrt(rng.uniform(0.15, 0.85, (len(i), k, _MAX_DOTS)))
-        av = rng.uniform(0, 2 * np.pi, (len(i), k, _MAX_DOTS))
-        vx, vy = _ellipse_to_image(cx[i, :, None], cy[i, :, None], a[i, :, None], b[i, :, None], theta[i, :, None],
-                                   rv * np.cos(av), rv * np.sin(av))
-        sig = np.maximum(0.6, 0.025 * s * dot_size[i, None, None] * rng.uniform(0.7, 1.3, (len(i), k, _MAX_DOTS)))
-        w = on * rng.uniform(0.5, 1.0, on.shape)
-        protein[i] = np.clip(_dots(vy.reshape(len(i), -1), vx.reshape(len(i), -1), sig.reshape(len(i), -1),
-                                   w.reshape(len(i), -1), s), 0, 1.2)
+        protein[i] = _vesicles(rng, s, i, dot_size, dot_count, c)
+    return protein
 
-    # Antibody signature: granular texture, nonspecific background, brightness; cell-to-cell expression.
+
+def _golgi(rng: np.random.Generator, s: int, i: np.ndarray, dot_size: np.ndarray, c: _Cells,
+           m: _CellMaps) -> np.ndarray:
+    """One compact cluster of blobs just outside the nuclear edge, for the images ``i``. [len(i), S, S]"""
+    k = c.exists.shape[1]
+    ang_g = rng.uniform(0, 2 * np.pi, (len(i), k))
+    dist_g = 1.0 + 2.0 / np.maximum(c.nrad[i], 1.0)  # just outside the nuclear edge
+    gx0, gy0 = _ellipse_to_image(c.ncx[i], c.ncy[i], c.na[i], c.nb[i], c.ntheta[i], dist_g * np.cos(ang_g),
+                                 dist_g * np.sin(ang_g))
+    spread_g = 0.25 * c.radius[i, :, None] * rng.uniform(0.5, 1.0, (len(i), k, _GOLGI_BLOBS))
+    gx = gx0[..., None] + rng.normal(0, 1, (len(i), k, _GOLGI_BLOBS)) * spread_g * 0.6
+    gy = gy0[..., None] + rng.normal(0, 1, (len(i), k, _GOLGI_BLOBS)) * spread_g * 0.6
+    sig = np.maximum(0.7, 0.05 * s * dot_size[i, None, None] * rng.uniform(0.6, 1.2, (len(i), k, _GOLGI_BLOBS)))
+    w = np.repeat(c.exists[i][..., None], _GOLGI_BLOBS, axis=2) * rng.uniform(0.5, 1.0, (len(i), k, _GOLGI_BLOBS))
+    return np.clip(_dots(gy.reshape(len(i), -1), gx.reshape(len(i), -1), sig.reshape(len(i), -1),
+                         w.reshape(len(i), -1), s), 0, 1.2) * m.cell[i]
+
+
+def _vesicles(rng: np.random.Generator, s: int, i: np.ndarray, dot_size: np.ndarray, dot_count: np.ndarray,
+              c: _Cells) -> np.ndarray:
+    """Scattered distinct dots inside each cell, for the images ``i``. [len(i), S, S]"""
+    k = c.exists.shape[1]
+    count = np.clip(np.round(rng.uniform(5, 12, (len(i), k)) * dot_count[i, None]), 3, _MAX_DOTS)
+    on = (np.arange(_MAX_DOTS)[None, None, :] < count[..., None]) * c.exists[i][..., None]
+    rv = np.sqrt(rng.uniform(0.15, 0.85, (len(i), k, _MAX_DOTS)))
+    av = rng.uniform(0, 2 * np.pi, (len(i), k, _MAX_DOTS))
+    vx, vy = _ellipse_to_image(c.cx[i, :, None], c.cy[i, :, None], c.a[i, :, None], c.b[i, :, None],
+                               c.theta[i, :, None], rv * np.cos(av), rv * np.sin(av))
+    sig = np.maximum(0.6, 0.025 * s * dot_size[i, None, None] * rng.uniform(0.7, 1.3, (len(i), k, _MAX_DOTS)))
+    w = on * rng.uniform(0.5, 1.0, on.shape)
+    return np.clip(_dots(vy.reshape(len(i), -1), vx.reshape(len(i), -1), sig.reshape(len(i), -1),
+                         w.reshape(len(i), -1), s), 0, 1.2)
+
+
+def _antibody_signature(rng: np.random.Generator, s: int, abs_: list[_Antibody], protein: np.ndarray,
+                        m: _CellMaps, expr_map: np.ndarray) -> np.ndarray:
+    """Granular texture, nonspecific background and brightness of each antibody; cell-to-cell expression."""
+    f32 = np.float32
+    bright = np.array([ab.brightness for ab in abs_], dtype=f32)
+    background = np.array([ab.background for ab in abs_], dtype=f32)
+    gran = np.array([ab.granularity for ab in abs_], dtype=f32)
     scales = sorted({ab.texture_scale for ab in abs_})
-    texture = np.zeros((n, s, s), dtype=f32)
+    texture = np.zeros((len(abs_), s, s), dtype=f32)
     for g in scales:
         j = np.flatnonzero([ab.texture_scale == g for ab in abs_])
         texture[j] = _smooth_noise(rng, len(j), s, max(2, s * g // 64))
     protein = protein * np.clip(1.0 + gran[:, None, None] * texture, 0.0, None) * expr_map
-    protein = protein + background[:, None, None] * (0.6 * cell + 0.4 * nuc) * expr_map
-    protein = protein * bright[:, None, None]
-
-    clean = np.stack([nucleus_ch, micro, er_ch, protein], axis=1).astype(f32)  # [B, 4, S, S]
-    return _acquire(rng, clean, plates, exposure, focus)
+    protein = protein + background[:, None, None] * (0.6 * m.cell + 0.4 * m.nuc) * expr_map
+    return protein * bright[:, None, None]
 
 
 def _nuclear_rim(rn: np.ndarray, cell_k: np.ndarray, nrad: np.ndarray) -> np.ndarray:
