@@ -249,6 +249,38 @@ def train_attention_pool(
     All classifiers start from the same init (the seed) so that they differ only in LR; the winner is the best
     final val score (ties: the smaller LR), returned with its last-iteration weights, in eval mode, on CPU.
     """
+    grid = _check_arguments(train_tokens, train_targets, val_tokens, val_targets, val_groups, n_outputs=n_outputs,
+                            multilabel=multilabel, lrs=lrs, epochs=epochs, batch_size=batch_size, select=select)
+    n, in_dim = train_tokens.shape[0], train_tokens.shape[2]
+    if epochs is None:
+        rounds, round_len = default_schedule(n, batch_size)
+    else:
+        rounds, round_len = epochs, math.ceil(n / batch_size)
+    total = rounds * round_len
+    hidden = default_hidden_dim(in_dim, num_heads) if hidden_dim is None else hidden_dim
+    device = torch.device(device)
+
+    # Local generators: deterministic for the seed, and the caller's global RNG stays untouched.
+    classifiers = [
+        AttentionPoolClassifier(in_dim, n_outputs, hidden_dim=hidden, num_heads=num_heads,
+                                generator=torch.Generator().manual_seed(seed)).to(device)
+        for _ in grid
+    ]
+    optimizer, scheduler = _optimizer(classifiers, grid, batch_size, total)
+    batches = _batches(n, batch_size, torch.Generator().manual_seed(seed))
+    val = _Validation(val_tokens, val_targets, val_groups, select)
+    scores, history = _train_grid(classifiers, grid, optimizer, scheduler, batches, train_tokens, train_targets,
+                                  val, multilabel=multilabel, total=total, round_len=round_len, device=device,
+                                  progress=progress)
+    best = _best_index(grid, scores)
+    chosen = classifiers[best].cpu().eval()
+    return AttnPoolResult(chosen, grid[best], scores[grid[best]], scores, history)
+
+
+def _check_arguments(train_tokens: Tensor, train_targets: Tensor, val_tokens: Tensor, val_targets: Tensor,
+                     val_groups: Tensor | None, *, n_outputs: int, multilabel: bool, lrs: Sequence[float],
+                     epochs: int | None, batch_size: int, select: str) -> list[float]:
+    """Validate :func:`train_attention_pool`'s arguments; returns the LR grid, ascending."""
     if select not in SELECT_METRICS:
         raise ValueError(f"select must be one of {SELECT_METRICS}, got {select!r}")
     if multilabel != (select == "multilabel_f1"):
@@ -266,31 +298,47 @@ def train_attention_pool(
         raise ValueError(f"lrs must be distinct positive numbers, got {list(lrs)}")
     if batch_size < 1 or (epochs is not None and epochs < 1):
         raise ValueError(f"batch_size ({batch_size}) and epochs ({epochs}) must be positive")
+    return grid
 
-    n = train_tokens.shape[0]
-    if epochs is None:
-        rounds, round_len = default_schedule(n, batch_size)
-    else:
-        rounds, round_len = epochs, math.ceil(n / batch_size)
-    total = rounds * round_len
-    hidden = default_hidden_dim(in_dim, num_heads) if hidden_dim is None else hidden_dim
-    device = torch.device(device)
 
-    # Local generators: deterministic for the seed, and the caller's global RNG stays untouched.
-    classifiers = [
-        AttentionPoolClassifier(in_dim, n_outputs, hidden_dim=hidden, num_heads=num_heads,
-                                generator=torch.Generator().manual_seed(seed)).to(device)
-        for _ in grid
-    ]
+def _optimizer(classifiers: Sequence[AttentionPoolClassifier], grid: Sequence[float], batch_size: int,
+               total: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """One AdamW (wd 0) with a parameter group per classifier at its scaled grid LR, and its cosine schedule."""
     scale = batch_size / 256  # one process: the reference's batch × world_size / 256
     optimizer = torch.optim.AdamW(
         [{"params": c.parameters(), "lr": lr * scale} for c, lr in zip(classifiers, grid)], weight_decay=0.0
     )
     # Closed-form CosineAnnealingLR(T_max=total, eta_min=0), stepped per iteration.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * t / total)))
-    loss_fn = F.binary_cross_entropy_with_logits if multilabel else F.cross_entropy
-    batches = _batches(n, batch_size, torch.Generator().manual_seed(seed))
+    return optimizer, scheduler
 
+
+@dataclass
+class _Validation:
+    """The validation set and how it is scored."""
+
+    tokens: Tensor
+    targets: Tensor
+    groups: Tensor | None
+    select: str
+
+    def scores(self, classifiers: Sequence[AttentionPoolClassifier], grid: Sequence[float],
+               device: torch.device) -> dict[float, float]:
+        """The selection metric of each classifier, keyed by its grid LR."""
+        logits = _predict_many(classifiers, self.tokens, 256, device)
+        return {lr: _score(lg, self.targets, self.select, self.groups) for lr, lg in zip(grid, logits)}
+
+
+def _train_grid(classifiers: Sequence[AttentionPoolClassifier], grid: Sequence[float],
+                optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                batches: Iterator[Tensor], train_tokens: Tensor, train_targets: Tensor, val: _Validation, *,
+                multilabel: bool, total: int, round_len: int, device: torch.device,
+                progress: bool) -> tuple[dict[float, float], list[dict]]:
+    """``total`` iterations of all classifiers on the same batches, validated every ``round_len``.
+
+    Returns the last round's val scores and the history (see :class:`AttnPoolResult`).
+    """
+    loss_fn = F.binary_cross_entropy_with_logits if multilabel else F.cross_entropy
     history: list[dict] = []
     scores: dict[float, float] = {}
     loss_sums = torch.zeros(len(grid), device=device)
@@ -307,20 +355,22 @@ def train_attention_pool(
         loss_sums += losses.detach()
         bar.update(1)
         if step % round_len == 0:
-            val_logits = _predict_many(classifiers, val_tokens, 256, device)
-            scores = {lr: _score(lg, val_targets, select, val_groups) for lr, lg in zip(grid, val_logits)}
+            scores = val.scores(classifiers, grid, device)
             mean_loss = (loss_sums / round_len).tolist()
             history.append({"step": step, "val": dict(scores), "train_loss": dict(zip(grid, mean_loss))})
             loss_sums.zero_()
             bar.set_postfix(best=f"{max(_finite(s) for s in scores.values()):.3f}")
     bar.close()
+    return scores, history
 
+
+def _best_index(grid: Sequence[float], scores: dict[float, float]) -> int:
+    """Index of the best final val score; non-finite scores lose, and ties keep the smaller LR."""
     best = 0
     for i, lr in enumerate(grid):  # ascending: a strict > keeps the smaller LR on ties
         if _finite(scores[lr]) > _finite(scores[grid[best]]):
             best = i
-    chosen = classifiers[best].cpu().eval()
-    return AttnPoolResult(chosen, grid[best], scores[grid[best]], scores, history)
+    return best
 
 
 def _finite(x: float) -> float:
