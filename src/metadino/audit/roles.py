@@ -191,14 +191,35 @@ def audit_table(table: MetadataTable, *, labels: Sequence[str] = (), exclude: Se
     """
     frame = table.frame
     available = [str(c) for c in frame.columns]
-    source = table.source.name
     labels, exclude = list(labels), list(exclude)
+    _check_request(table, available, labels, exclude)
+    columns, pending = _column_audits(table, available, labels, exclude)
+    associations, label_assocs = _associations(frame, columns, available, labels)
+    _resolve_pending(columns, pending, label_assocs)
+    for col in columns.values():
+        if col.role in GUIDED_ROLES:
+            col.head = _head(col.role, col.kind, col.cardinality)
+    entanglements = _entanglements(columns, associations)
+    notes = _shortcut_notes(columns, label_assocs)
+    suggestions = _suggestions(frame, columns, available, entanglements)
+    return TableAudit(source=table.source, n_rows=len(frame), image_column=table.image_column, labels=labels,
+                      columns=columns, associations=associations, label_associations=label_assocs,
+                      entanglements=entanglements, suggestions=suggestions, notes=notes)
+
+
+def _check_request(table: MetadataTable, available: list[str], labels: list[str], exclude: list[str]) -> None:
+    source = table.source.name
     _check_columns(labels, available, "label column(s)", source)
     _check_columns(exclude, available, "excluded column(s)", source)
     if table.image_column in labels:
         raise UserError(f"--labels names the image column '{table.image_column}'; pass the column holding the task "
                         f"labels")
 
+
+def _column_audits(table: MetadataTable, available: list[str], labels: list[str],
+                   exclude: list[str]) -> tuple[dict[str, ColumnAudit], list[str]]:
+    """Stats and base role (rules 1-5) of every column; also the columns no base rule decided, in order."""
+    frame, source = table.frame, table.source.name
     columns: dict[str, ColumnAudit] = {}
     pending: list[str] = []
     for name in available:
@@ -214,7 +235,12 @@ def audit_table(table: MetadataTable, *, labels: Sequence[str] = (), exclude: Se
         columns[name] = ColumnAudit(name, kind, cardinality, missing, *(base or ("review", "")))
         if base is None:
             pending.append(name)
+    return columns, pending
 
+
+def _associations(frame: pd.DataFrame, columns: dict[str, ColumnAudit], available: list[str],
+                  labels: list[str]) -> tuple[list[Association], list[Association]]:
+    """Associations between audited non-label columns (strongest first), and of each with each label."""
     audited = [c for c in available if columns[c].role not in UNAUDITED_ROLES]
     non_label = [c for c in audited if c not in labels]
     prepared = {c: PreparedColumn.of(c, frame[c], columns[c].kind) for c in audited}
@@ -229,9 +255,12 @@ def audit_table(table: MetadataTable, *, labels: Sequence[str] = (), exclude: Se
         assoc.oriented(c) for c in non_label for lab in labels
         if (assoc := associate(prepared[c], prepared[lab])) is not None
     ]
+    return associations, label_assocs
 
-    notes: list[str] = []
-    for name in pending:  # rule 6: strong association with a label, else review
+
+def _resolve_pending(columns: dict[str, ColumnAudit], pending: list[str], label_assocs: list[Association]) -> None:
+    """Rule 6 for the columns no base rule decided: strong association with a label, else review."""
+    for name in pending:
         strong = [s for s in label_assocs if s.a == name and determines(s, name)]
         col = columns[name]
         if strong:
@@ -240,10 +269,10 @@ def audit_table(table: MetadataTable, *, labels: Sequence[str] = (), exclude: Se
                           f"({describe(strong[0], name)}); check it is not a shortcut")
         else:
             col.reason = "name not recognised and no strong label association: decide yourself"
-    for col in columns.values():
-        if col.role in GUIDED_ROLES:
-            col.head = _head(col.role, col.kind, col.cardinality)
 
+
+def _entanglements(columns: dict[str, ColumnAudit], associations: list[Association]) -> list[Entanglement]:
+    """Spurious candidates that nearly determine an informative one (module docstring)."""
     entanglements: list[Entanglement] = []
     for assoc in associations:
         for a, b in ((assoc.a, assoc.b), (assoc.b, assoc.a)):
@@ -252,13 +281,24 @@ def audit_table(table: MetadataTable, *, labels: Sequence[str] = (), exclude: Se
                            f"suppressing '{a}' as is would also remove '{b}', so its guide is conditioned on it "
                            f"(given: [{b}])")
                 entanglements.append(Entanglement(a, b, assoc, message))
+    return entanglements
+
+
+def _shortcut_notes(columns: dict[str, ColumnAudit], label_assocs: list[Association]) -> list[str]:
+    """A warning for each spurious candidate associated with a label (an in-distribution shortcut)."""
+    notes: list[str] = []
     for assoc in label_assocs:
         a = assoc.a
         strength = max(assoc.value, assoc.u_b_given_a or 0.0)
         if columns[a].role == "spurious" and strength >= SHORTCUT_NOTE:
             notes.append(f"'{a}' (spurious) is associated with label '{assoc.b}' ({describe(assoc, a)}): a shortcut "
                          f"in-distribution; evaluate on held-out values of '{a}'")
+    return notes
 
+
+def _suggestions(frame: pd.DataFrame, columns: dict[str, ColumnAudit], available: list[str],
+                 entanglements: list[Entanglement]) -> list[Suggestion]:
+    """One guide per informative/spurious column, in table order; entangled spurious guides get ``given``."""
     suggestions: list[Suggestion] = []
     for name in available:
         col = columns[name]
@@ -275,9 +315,7 @@ def audit_table(table: MetadataTable, *, labels: Sequence[str] = (), exclude: Se
             multilabel=multilabel,
             separator=multilabel_separator(list(frame[name])) if multilabel else DEFAULT_SEPARATOR,
         ))
-    return TableAudit(source=table.source, n_rows=len(frame), image_column=table.image_column, labels=labels,
-                      columns=columns, associations=associations, label_associations=label_assocs,
-                      entanglements=entanglements, suggestions=suggestions, notes=notes)
+    return suggestions
 
 
 # ------------------------------------------------------------------------------- suggested block
