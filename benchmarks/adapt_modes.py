@@ -60,6 +60,7 @@ def _worker(mode: str, args: argparse.Namespace, n_steps: int) -> dict:
     import torch
 
     from metadino.config import config_from_dict
+    from metadino.data.batch import Batch
     from metadino.models.adapt import count_parameters
     from metadino.train.factory import build_backbone_from_config, build_task
     from metadino.device import resolve_device
@@ -77,11 +78,11 @@ def _worker(mode: str, args: argparse.Namespace, n_steps: int) -> dict:
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(2 * B, n_patches, generator=g) < 0.3
     masks[1::2] = False  # half of the global crops are masked, as with mask_probability 0.5
-    batch = {
-        "global": torch.randn(2 * B, 3, 64, 64, generator=g).to(device),
-        "local": torch.randn(n_l * B, 3, 32, 32, generator=g).to(device) if n_l else None,
-        "masks": masks.to(device),
-    }
+    batch = Batch(
+        global_crops=torch.randn(2 * B, 3, 64, 64, generator=g).to(device),
+        local_crops=torch.randn(n_l * B, 3, 32, 32, generator=g).to(device) if n_l else None,
+        masks=masks.to(device),
+    )
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)

@@ -152,7 +152,10 @@ def write_tiny_model(folder: Path, seed: int = 0, depth: int = 2) -> Path:
     """A random 2-block, 32-wide built-in ViT (LayerScale 1) written as a metadino export directory (32 px input)."""
     import torch
 
-    from metadino.models.directory import default_preprocessing, write_export
+    from dataclasses import replace
+
+    from metadino.models.directory import write_export
+    from metadino.models.preprocessing import Preprocessing
     from metadino.models.registry import build_backbone
 
     torch.manual_seed(seed)
@@ -161,7 +164,7 @@ def write_tiny_model(folder: Path, seed: int = 0, depth: int = 2) -> Path:
         for name, p in backbone.named_parameters():
             if name.endswith("gamma"):
                 p.fill_(1.0)
-    pre = {**default_preprocessing(backbone), "image_size": 32}
+    pre = replace(Preprocessing.default_for(backbone), image_size=32)
     return write_export(backbone.eval(), folder, pre)
 
 

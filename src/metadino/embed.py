@@ -16,12 +16,13 @@ from metadino.errors import UserError
 from metadino.files import atomic_write
 from metadino.eval.features import extract
 from metadino.models.backbone import Backbone
+from metadino.models.preprocessing import Preprocessing
 
 
 def extract_features(
     backbone: Backbone,
     table: MetadataTable,
-    preprocessing: dict[str, Any],
+    preprocessing: Preprocessing,
     *,
     batch_size: int = 64,
     device: torch.device | str = "cpu",

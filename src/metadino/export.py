@@ -24,7 +24,8 @@ from metadino.foundations import PREFIX as FOUNDATION_PREFIX
 from metadino.foundations import foundation_dir
 from metadino.models.adapt import METADINO_ADAPTER_FILE
 from metadino.models.backbone import Backbone, load_backbone_state
-from metadino.models.directory import PREPROCESSING_FILE, default_preprocessing, read_preprocessing, write_export
+from metadino.models.directory import PREPROCESSING_FILE, read_preprocessing, write_export, write_preprocessing
+from metadino.models.preprocessing import Preprocessing
 from metadino.models.registry import build_backbone
 from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.factory import adapt_backbone, build_backbone_from_config, preprocessing_from_config
@@ -46,7 +47,7 @@ def _run_backbone(run_dir: str | Path) -> tuple[Backbone, Config]:
     return backbone.eval(), cfg
 
 
-def backbone_from_run(run_dir: str | Path) -> tuple[Backbone, dict[str, Any]]:
+def backbone_from_run(run_dir: str | Path) -> tuple[Backbone, Preprocessing]:
     """The EMA teacher backbone of the newest checkpoint of a run (the student of a distillation run),
     LoRA adapters merged, and its preprocessing."""
     from metadino.models.adapt import merge_lora
@@ -82,7 +83,7 @@ def _write_adapter_export(backbone: Backbone, cfg: Config, out: Path) -> Path:
         import copy
 
         strip_lora(copy.deepcopy(backbone)).save_pretrained(out / "base")
-    (out / PREPROCESSING_FILE).write_text(json.dumps(preprocessing_from_config(cfg, backbone), indent=2) + "\n")
+    write_preprocessing(out, preprocessing_from_config(cfg, backbone))
     return out
 
 
@@ -108,7 +109,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False,
     return write_export(backbone, out, preprocessing_from_config(cfg, backbone))
 
 
-def _load_adapter_export(directory: Path) -> tuple[Backbone, dict[str, Any]]:
+def _load_adapter_export(directory: Path) -> tuple[Backbone, Preprocessing]:
     from metadino.models.adapt import load_adapter_weights
 
     try:
@@ -119,11 +120,11 @@ def _load_adapter_export(directory: Path) -> tuple[Backbone, dict[str, Any]]:
     backbone = build_backbone(base, in_chans=meta["in_chans"], patch_size=meta["patch_size"],
                               image_size=meta["image_size"], channel_expansion=meta["channel_expansion"])
     load_adapter_weights(backbone, directory, source=str(directory))
-    pre = read_preprocessing(directory) or default_preprocessing(backbone)
+    pre = read_preprocessing(directory) or Preprocessing.default_for(backbone)
     return backbone.eval(), pre
 
 
-def load_model(spec: str) -> tuple[Backbone, dict[str, Any]]:
+def load_model(spec: str) -> tuple[Backbone, Preprocessing]:
     """MODEL -> (backbone in eval mode, preprocessing). MODEL is a run directory, an export directory,
     ``metadino:<name>`` (a shipped foundation), ``hf:<id or dir>``, a bare local HF directory, or a bare hub id (offline cache).
 
@@ -138,7 +139,7 @@ def load_model(spec: str) -> tuple[Backbone, dict[str, Any]]:
                         "directory or hf:<id or dir>.") from None
 
 
-def _load_model(spec: str) -> tuple[Backbone, dict[str, Any]]:
+def _load_model(spec: str) -> tuple[Backbone, Preprocessing]:
     path = Path(spec)
     if path.is_dir():
         if (path / METADINO_ADAPTER_FILE).is_file():
@@ -152,12 +153,12 @@ def _load_model(spec: str) -> tuple[Backbone, dict[str, Any]]:
         pre = read_preprocessing(path)
         if pre is None:
             backbone = build_backbone(str(path))
-            return backbone.eval(), default_preprocessing(backbone)
-        backbone = build_backbone(str(path), in_chans=pre["in_chans"], patch_size=pre["patch_size"], image_size=pre["image_size"])
+            return backbone.eval(), Preprocessing.default_for(backbone)
+        backbone = build_backbone(str(path), in_chans=pre.in_chans, patch_size=pre.patch_size, image_size=pre.image_size)
         return backbone.eval(), pre
     if spec.startswith(FOUNDATION_PREFIX):  # shipped foundation: an export folder inside the package
         return _load_model(str(foundation_dir(spec)))
     if not spec.startswith(("hf:", "builtin:")) and ("/" not in spec or spec.startswith((".", "/"))):
         raise UserError(f"model '{spec}' is not a directory, an export, or an hf:<id> specification.")
     backbone = build_backbone(spec if spec.startswith(("hf:", "builtin:")) else f"hf:{spec}")
-    return backbone.eval(), default_preprocessing(backbone)
+    return backbone.eval(), Preprocessing.default_for(backbone)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from dataclasses import replace
 import torch
 
 from metadino.data.synthetic import generate_dataset
-from metadino.models.directory import default_preprocessing, write_export
+from metadino.models.directory import write_export
+from metadino.models.preprocessing import Preprocessing
 from metadino.models.registry import build_backbone
 
 
@@ -21,4 +23,4 @@ def synthetic(tmp_path_factory) -> Path:
 def export_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     backbone = build_backbone("builtin:vit-tiny", patch_size=8, image_size=32, embed_dim=32, depth=2, num_heads=2)
-    return write_export(backbone, tmp_path_factory.mktemp("model"), {**default_preprocessing(backbone), "image_size": 32})
+    return write_export(backbone, tmp_path_factory.mktemp("model"), replace(Preprocessing.default_for(backbone), image_size=32))

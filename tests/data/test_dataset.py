@@ -50,12 +50,12 @@ def test_collate_is_crop_major():
             }
         )
     batch = collate_crops(samples)
-    assert batch["global"].shape == (6, 2, 4, 4) and batch["local"].shape == (9, 2, 2, 2)
+    assert batch.global_crops.shape == (6, 2, 4, 4) and batch.local_crops.shape == (9, 2, 2, 2)
     # row crop*B + b holds crop `crop` of sample b
-    assert batch["global"][1 * 3 + 2, 0, 0, 0] == 21.0
-    assert batch["local"][2 * 3 + 1, 0, 0, 0] == 112.0
-    assert batch["masks"][:, 0].tolist() == [True, False, False, False, True, False]
-    assert batch["index"].tolist() == [0, 1, 2]
+    assert batch.global_crops[1 * 3 + 2, 0, 0, 0] == 21.0
+    assert batch.local_crops[2 * 3 + 1, 0, 0, 0] == 112.0
+    assert batch.masks[:, 0].tolist() == [True, False, False, False, True, False]
+    assert batch.index.tolist() == [0, 1, 2]
 
 
 def _region_table(folder: Path, boxes: list[str]) -> Path:

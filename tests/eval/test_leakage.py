@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from dataclasses import replace
 import torch
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import balanced_accuracy_score, r2_score
@@ -19,7 +20,8 @@ from metadino.embed import extract_features
 from metadino.errors import UserError
 from metadino.eval.leakage import LOGISTIC_C, LOGISTIC_MAX_ITER, RIDGE_ALPHAS, column_leakage, leakage_table
 from metadino.export import load_model
-from metadino.models.directory import default_preprocessing, write_export
+from metadino.models.directory import write_export
+from metadino.models.preprocessing import Preprocessing
 from metadino.models.registry import build_backbone
 
 
@@ -48,7 +50,7 @@ def tiny_export(folder: Path, image_size: int = 32) -> Path:
     """A random 2-block builtin ViT written as an export directory."""
     torch.manual_seed(0)
     backbone = build_backbone("builtin:vit-tiny", patch_size=8, image_size=image_size, embed_dim=32, depth=2, num_heads=2)
-    return write_export(backbone, folder, {**default_preprocessing(backbone), "image_size": image_size})
+    return write_export(backbone, folder, replace(Preprocessing.default_for(backbone), image_size=image_size))
 
 
 @pytest.fixture(scope="module")

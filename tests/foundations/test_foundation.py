@@ -60,11 +60,11 @@ def test_foundation_loads_by_name_as_a_float32_backbone_and_as_a_model():
         arch["depth"], arch["embed_dim"], arch["patch_size"], 4)
     assert all(p.dtype == torch.float32 for p in backbone.parameters())
     model, pre = load_model(SPEC)
-    assert pre["in_chans"] == 4 and pre["photometric"] == "microscopy"
-    tokens = model(torch.randn(2, 4, pre["image_size"], pre["image_size"]))
+    assert pre.in_chans == 4 and pre.photometric == "microscopy"
+    tokens = model(torch.randn(2, 4, pre.image_size, pre.image_size))
     assert tokens.cls.shape == (2, arch["embed_dim"]) and torch.isfinite(tokens.cls).all()
     # pretrained, not random: two fresh random inits of the same architecture differ from it
-    random = build_backbone("builtin:vit-tiny", in_chans=4, patch_size=8, depth=arch["depth"], image_size=pre["image_size"])
+    random = build_backbone("builtin:vit-tiny", in_chans=4, patch_size=8, depth=arch["depth"], image_size=pre.image_size)
     assert not torch.allclose(random.state_dict()["blocks.0.attn.qkv.weight"], model.state_dict()["blocks.0.attn.qkv.weight"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from metadino.data.batch import Target
 from metadino.guidance import PrototypeBank, balance_guides, guidance_lambda
 
 TOL = {"rtol": 1e-5, "atol": 1e-7}
@@ -158,8 +159,8 @@ def test_guide_set_commits_the_ema_only_in_update_and_saves_it_in_state_dict():
     assert "balance_ema.norms" in guides.state_dict()
     assert "balance_ema.norms" not in GuideSet(specs, heads, {}, balance=True).state_dict()
     cls = torch.randn(2, 6, 8, requires_grad=True)
-    batch = {"targets": {"a": torch.arange(6) % 3, "b": torch.arange(6) % 2},
-             "valid": {"a": torch.ones(6, dtype=torch.bool), "b": torch.ones(6, dtype=torch.bool)}}
+    batch = {"a": Target(torch.arange(6) % 3, torch.ones(6, dtype=torch.bool)),
+             "b": Target(torch.arange(6) % 2, torch.ones(6, dtype=torch.bool))}
     _, _, metrics = guides(cls, None, batch, 0.5)
     assert torch.equal(guides.balance_ema.norms, torch.zeros(2))  # forward alone (e.g. a non-finite step)
     guides(cls, None, batch, 0.5)

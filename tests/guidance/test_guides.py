@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import torch
 
+from metadino.data.batch import Target
 from metadino.data.targets import ColumnEncoder
 from metadino.guidance.guides import GuideSet, GuideSpec
 from metadino.guidance.mlp import MLPClassifier
@@ -10,8 +11,8 @@ from metadino.guidance.mlp import MLPClassifier
 def _batch(B=6):
     g = torch.Generator().manual_seed(0)
     return {
-        "targets": {"plate": torch.randint(0, 3, (B,), generator=g), "cell_line": torch.tensor([0, 1, 0, 1, 0, 1][:B])},
-        "valid": {"plate": torch.ones(B, dtype=torch.bool), "cell_line": torch.tensor([True, True, False, True, True, True][:B])},
+        "plate": Target(torch.randint(0, 3, (B,), generator=g), torch.ones(B, dtype=torch.bool)),
+        "cell_line": Target(torch.tensor([0, 1, 0, 1, 0, 1][:B]), torch.tensor([True, True, False, True, True, True][:B])),
     }
 
 

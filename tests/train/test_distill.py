@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from testkit import tiny_config
+from metadino.data.batch import Batch, Target
 from metadino.config import config_from_dict
 from metadino.errors import UserError
 from metadino.export import backbone_from_run, load_model
@@ -36,7 +37,7 @@ def _batch(B=4, G=32, L=16, N=16):
     g = torch.Generator().manual_seed(0)
     masks = torch.zeros(2 * B, N, dtype=torch.bool)
     masks[::2, :5] = True
-    return {"global": torch.randn(2 * B, 3, G, G, generator=g), "local": torch.randn(2 * B, 3, L, L, generator=g), "masks": masks}
+    return Batch(torch.randn(2 * B, 3, G, G, generator=g), torch.randn(2 * B, 3, L, L, generator=g), masks)
 
 
 def _task(cfg):
@@ -74,9 +75,9 @@ def test_targets_come_from_the_frozen_teacher_and_its_weights_never_change(image
     # targets == a direct computation: saved teacher backbone -> teacher heads -> Sinkhorn-Knopp
     with torch.no_grad():
         targets = task._teacher_targets(batch, teacher_temp=0.07)
-        tok = reference(batch["global"])
+        tok = reference(batch.global_crops)
         direct_dino = sinkhorn_knopp(task.teacher.dino_head(tok.cls).float(), 0.07)
-        direct_ibot = sinkhorn_knopp(task.teacher.ibot_head(tok.patches[batch["masks"]]).float(), 0.07)
+        direct_ibot = sinkhorn_knopp(task.teacher.ibot_head(tok.patches[batch.masks]).float(), 0.07)
     torch.testing.assert_close(targets["dino"], direct_dino)
     torch.testing.assert_close(targets["ibot"], direct_ibot)
 
@@ -92,7 +93,7 @@ def test_distillation_run_with_a_guide_exports_the_student(tmp_path, image_table
     assert all(torch.equal(state[f"teacher.backbone.{k}"], v) for k, v in saved.items())
     # the exported model is the (32-wide) student, from the run dir and from its final export alike
     student, pre = backbone_from_run(tmp_path / "run")
-    assert student.embed_dim == 32 and pre["embed_dim"] == 32
+    assert student.embed_dim == 32 and pre.embed_dim == 32
     assert all(torch.equal(student.state_dict()[k], state[f"student.backbone.{k}"]) for k in student.state_dict())
     exported, _ = load_model(str(tmp_path / "run"))
     x = torch.randn(2, 3, 32, 32)

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from testkit import tiny_config
+from metadino.data.batch import Batch, Target
 from metadino.config import config_from_dict
 from metadino.losses import GramLoss
 from metadino.train.checkpoint import load_latest_checkpoint
@@ -40,8 +41,7 @@ def _batch(masked: bool, B: int = 4, N: int = 16):
     masks = torch.zeros(2 * B, N, dtype=torch.bool)
     if masked:
         masks[::2, :5] = True
-    return {"global": torch.randn(2 * B, 3, 32, 32, generator=g), "local": torch.randn(2 * B, 3, 16, 16, generator=g),
-            "masks": masks}
+    return Batch(torch.randn(2 * B, 3, 32, 32, generator=g), torch.randn(2 * B, 3, 16, 16, generator=g), masks)
 
 
 def _task(image_table, **ssl):
@@ -71,8 +71,8 @@ def test_gram_term_value_total_and_frozen_teacher(image_table):
 
     batch = _batch(masked=True)
     terms = task.training_step(batch, teacher_temp=0.07).terms
-    out = task.student(batch["global"], batch["local"], batch["masks"], mask_inputs=True)
-    expected = GramLoss()(out["global_patches"], gram(batch["global"]).patches)
+    out = task.student(batch.global_crops, batch.local_crops, batch.masks, mask_inputs=True)
+    expected = GramLoss()(out["global_patches"], gram(batch.global_crops).patches)
     torch.testing.assert_close(terms["gram"], expected)
     assert terms["gram"] > 0  # masked tokens differ from the unmasked ones, even with equal weights
     torch.testing.assert_close(terms["total"], terms["dino"] + terms["ibot"] + 0.1 * terms["koleo"] + 0.5 * terms["gram"])

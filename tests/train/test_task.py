@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 
 from testkit import tiny_config
+from metadino.data.batch import Batch, Target
 from metadino.config import config_from_dict
 from metadino.losses import SIGReg
 from metadino.train.factory import build_backbone_from_config, build_task
@@ -12,11 +13,11 @@ def _batch(n_global=2, n_local=2, B=4, C=3, G=32, L=16, N=16):
     g = torch.Generator().manual_seed(0)
     masks = torch.zeros(n_global * B, N, dtype=torch.bool)
     masks[::2, :5] = True
-    return {
-        "global": torch.randn(n_global * B, C, G, G, generator=g),
-        "local": torch.randn(n_local * B, C, L, L, generator=g),
-        "masks": masks,
-    }
+    return Batch(
+        global_crops=torch.randn(n_global * B, C, G, G, generator=g),
+        local_crops=torch.randn(n_local * B, C, L, L, generator=g),
+        masks=masks,
+    )
 
 
 def _task(image_table, **ssl):
@@ -30,7 +31,7 @@ def test_sigreg_term_matches_reference_formula_and_replaces_koleo(image_table):
     batch = _batch()
     terms = task.training_step(batch, teacher_temp=0.07, step=7).terms
     assert "koleo" not in terms and "sigreg" in terms
-    out = task.student(batch["global"], batch["local"], batch["masks"], mask_inputs=True)
+    out = task.student(batch.global_crops, batch.local_crops, batch.masks, mask_inputs=True)
     bottleneck = out["bottleneck"].view(2, 4, -1)
     ref = SIGReg()
     expected = 2 * 0.5 * (ref(bottleneck[0], seed_step=7) + ref(bottleneck[1], seed_step=7))

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from metadino.data.batch import Batch, Target
 from metadino.data.crops import MultiCropAugmentation, eval_view
 from metadino.data.images import load_image
 from metadino.data.photometric.presets import Photometric, build_photometric
@@ -90,25 +91,20 @@ class SSLDataset(Dataset):
         return sample
 
 
-def collate_crops(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Crop-major batch: row ``crop * B + b`` holds crop `crop` of sample `b` (reference layout).
-
-    Returns ``global`` [n_g*B, C, G, G], ``local`` [n_l*B, C, L, L] (or None), ``masks`` bool
-    [n_g*B, N], ``index`` [B] and, with metadata, ``targets`` {column: values [B, ...]} and
-    ``valid`` {column: bool [B]}.
-    """
+def collate_crops(samples: Sequence[dict[str, Any]]) -> Batch:
+    """Samples -> a crop-major :class:`~metadino.data.batch.Batch` (row ``crop * B + b`` holds crop `crop` of
+    sample `b`), with a :class:`~metadino.data.batch.Target` per metadata column."""
     n_global = len(samples[0]["global"])
     n_local = len(samples[0]["local"])
     glob = torch.stack([s["global"][j] for j in range(n_global) for s in samples])
     local = torch.stack([s["local"][j] for j in range(n_local) for s in samples]) if n_local else None
     masks = torch.stack([s["masks"][j] for j in range(n_global) for s in samples])
     index = torch.tensor([s["index"] for s in samples], dtype=torch.long)
-    batch = {"global": glob, "local": local, "masks": masks, "index": index}
+    targets = {}
     if "targets" in samples[0]:
-        keys = samples[0]["targets"].keys()
-        batch["targets"] = {k: torch.stack([s["targets"][k][0] for s in samples]) for k in keys}
-        batch["valid"] = {k: torch.stack([s["targets"][k][1] for s in samples]) for k in keys}
-    return batch
+        targets = {k: Target(torch.stack([s["targets"][k][0] for s in samples]), torch.stack([s["targets"][k][1] for s in samples]))
+                   for k in samples[0]["targets"]}
+    return Batch(glob, local, masks, index, targets)
 
 
 class StepSampler(Sampler[list[tuple[int, int]]]):
@@ -165,13 +161,11 @@ class StepSampler(Sampler[list[tuple[int, int]]]):
 class EvalDataset(Dataset):
     """Row i -> the deterministic evaluation view of its image (resize, centre crop, normalise)."""
 
-    def __init__(self, table: MetadataTable, preprocessing: dict[str, Any]):
+    def __init__(self, table: MetadataTable, *, image_size: int, in_chans: int, photometric: Photometric):
         self.table = table
-        self.size = int(preprocessing["image_size"])
-        self.in_chans = int(preprocessing["in_chans"])
-        self.photometric: Photometric = build_photometric(
-            preprocessing["photometric"], in_chans=self.in_chans, mean=preprocessing.get("mean"), std=preprocessing.get("std")
-        )
+        self.size = image_size
+        self.in_chans = in_chans
+        self.photometric = photometric
 
     def __len__(self) -> int:
         return len(self.table)

@@ -35,6 +35,7 @@ from metadino.eval.linear import carve_validation, fit_linear_probe
 from metadino.eval.metrics import classification_metrics, multilabel_metrics
 from metadino.eval.purity import check_categorical, purity_metrics
 from metadino.models.backbone import Backbone
+from metadino.models.preprocessing import Preprocessing
 
 PROBES = ("knn", "linear", "attnpool")
 FEATURE_KINDS = ("cls", "cls+mean")
@@ -42,7 +43,7 @@ MARKER = ".metadino-eval"
 ATTNPOOL_BLOCKS = 4
 
 # () -> (backbone, its preprocessing): the caller resolves the model (``metadino.export.load_model``)
-ModelLoader = Callable[[], tuple[Backbone, dict[str, Any]]]
+ModelLoader = Callable[[], tuple[Backbone, Preprocessing]]
 
 
 @dataclass
@@ -250,7 +251,7 @@ def _check_probes(probes: Sequence[str], feature: str, k: int, temperature: floa
     return probes
 
 
-def _extract(splits: Sequence[Split], backbone: Backbone, pre: dict[str, Any], *, cache_dir: Path | None | str,
+def _extract(splits: Sequence[Split], backbone: Backbone, pre: Preprocessing, *, cache_dir: Path | None | str,
              attnpool: bool, batch_size: int, device: str, progress: bool) -> None:
     """Features of every split (cached by weights, rows and preprocessing); patch tokens only for attention pooling."""
     digest = weights_digest(backbone)

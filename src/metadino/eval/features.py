@@ -28,6 +28,7 @@ from metadino.data.table import MetadataTable
 from metadino.errors import UserError
 from metadino.files import atomic_write
 from metadino.models.backbone import Backbone
+from metadino.models.preprocessing import Preprocessing
 
 CACHE_VERSION = 1
 
@@ -72,14 +73,14 @@ def weights_digest(backbone: Backbone) -> str:
     return h.hexdigest()
 
 
-def cache_key(model_digest: str, table: MetadataTable, preprocessing: dict[str, Any], patch_blocks: int) -> str:
+def cache_key(model_digest: str, table: MetadataTable, preprocessing: Preprocessing, patch_blocks: int) -> str:
     payload = json.dumps(
         {
             "v": CACHE_VERSION,
             "model": model_digest,
             "rows": table.fingerprint(),
             "n": len(table),
-            "pre": preprocessing,
+            "pre": preprocessing.to_dict(),
             "patch_blocks": patch_blocks,
         },
         sort_keys=True,
@@ -92,7 +93,7 @@ def cache_key(model_digest: str, table: MetadataTable, preprocessing: dict[str, 
 def extract(
     backbone: Backbone,
     table: MetadataTable,
-    preprocessing: dict[str, Any],
+    preprocessing: Preprocessing,
     *,
     patch_blocks: int = 0,
     batch_size: int = 64,
@@ -108,7 +109,9 @@ def extract(
         raise UserError(f"attention pooling reads the last {patch_blocks} blocks but the model has only {backbone.depth}.")
     device = torch.device(device)
     backbone = backbone.to(device).eval()
-    loader = DataLoader(EvalDataset(table, preprocessing), batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    dataset = EvalDataset(table, image_size=preprocessing.image_size, in_chans=preprocessing.in_chans,
+                          photometric=preprocessing.transform())
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     cls, mean, patches = [], [], []
     for images in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         images = images.to(device)
@@ -129,7 +132,7 @@ def extract(
 def cached_extract(
     backbone: Backbone,
     table: MetadataTable,
-    preprocessing: dict[str, Any],
+    preprocessing: Preprocessing,
     *,
     cache_dir: Path | None,
     model_digest: str | None = None,

@@ -104,7 +104,7 @@ def export_foundation(run: Path, dest: Path) -> Path:
 # ------------------------------------------------------------------------------ frozen measurements
 
 
-def _pixel_features(table: Any, preprocessing: dict[str, Any], grid: int = 8) -> Any:
+def _pixel_features(table: Any, preprocessing: Any, grid: int = 8) -> Any:
     """Raw-pixel baseline: the normalised evaluation view, average-pooled to grid x grid per channel."""
     import torch
     import torch.nn.functional as F
@@ -112,7 +112,9 @@ def _pixel_features(table: Any, preprocessing: dict[str, Any], grid: int = 8) ->
 
     from metadino.data.dataset import EvalDataset
 
-    out = [F.adaptive_avg_pool2d(x, grid).flatten(1) for x in DataLoader(EvalDataset(table, preprocessing), batch_size=128)]
+    out = [F.adaptive_avg_pool2d(x, grid).flatten(1) for x in DataLoader(EvalDataset(
+        table, image_size=preprocessing.image_size, in_chans=preprocessing.in_chans, photometric=preprocessing.transform()),
+        batch_size=128)]
     return torch.cat(out)
 
 

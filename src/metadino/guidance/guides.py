@@ -10,11 +10,13 @@ adversary only removes what they do not explain (conditional suppression, beyond
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from metadino.data.batch import Target
 from metadino.data.targets import ColumnEncoder
 from metadino.guidance.balance import GradNormEMA, balance_guides
 from metadino.guidance.head import GuideHead
@@ -61,23 +63,23 @@ class GuideSet(nn.Module):
         # Registered only when used, so checkpoints of per-step balancing keep their keys.
         self.balance_ema = GradNormEMA(len(specs), balance_momentum) if balance_momentum > 0 else None
 
-    def _features(self, spec: GuideSpec, cls: Tensor, logits: Tensor | None, batch: dict) -> Tensor:
+    def _features(self, spec: GuideSpec, cls: Tensor, logits: Tensor | None, targets: Mapping[str, Target]) -> Tensor:
         x = logits if spec.space == "prototype" else cls
         if not spec.given:
             return x
-        cond = [self.conditioners[c].one_hot(batch["targets"][c], batch["valid"][c]).to(x.dtype) for c in spec.given]
+        cond = [self.conditioners[c].one_hot(*targets[c]).to(x.dtype) for c in spec.given]
         cond = torch.cat(cond, dim=-1).unsqueeze(0).expand(x.shape[0], -1, -1)
         return torch.cat([x, cond], dim=-1)
 
     def forward(
-        self, cls: Tensor, logits: Tensor | None, batch: dict, lam: float
+        self, cls: Tensor, logits: Tensor | None, targets: Mapping[str, Target], lam: float
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, float | Tensor]]:
         """Guide losses of one step.
 
         Args:
             cls: student CLS of the global crops [n_g, B, D] (the balancing anchor).
             logits: student DINO-head logits of the global crops [n_g, B, K] (prototype-space guides).
-            batch: with ``targets``/``valid`` dicts keyed by column.
+            targets: each guided and conditioning column's values and valid mask, by column.
             lam: λ of the schedule (the sign comes from each guide's role).
         Returns:
             (sum to add to the loss, per-guide contributions for the loss breakdown, metrics to log: floats and
@@ -88,12 +90,13 @@ class GuideSet(nn.Module):
         if self.balance_ema is not None:
             self.balance_ema.discard()  # a forward whose update never ran (non-finite step) leaves no trace
         for name, spec in self.specs.items():
-            out = self.heads[name].loss(self._features(spec, cls, logits, batch), batch["targets"][name], batch["valid"][name], spec.sign * lam)
+            target = targets[name]
+            out = self.heads[name].loss(self._features(spec, cls, logits, targets), target.values, target.valid, spec.sign * lam)
             weighted[name] = spec.weight * out.loss
             metrics[f"guide/{name}/loss"] = float(out.loss.detach())
             metrics[f"guide/{name}/weighted"] = float(weighted[name].detach())
             metrics[f"guide/{name}/lambda"] = spec.sign * lam
-            metrics[f"guide/{name}/valid"] = float(batch["valid"][name].float().mean())
+            metrics[f"guide/{name}/valid"] = float(target.valid.float().mean())
             for key, value in out.metrics.items():
                 metrics[f"guide/{name}/{key}"] = float(value)
         if self.balance and len(weighted) > 1:
@@ -114,10 +117,10 @@ class GuideSet(nn.Module):
         return total, weighted, metrics
 
     @torch.no_grad()
-    def update(self, teacher_cls: Tensor, batch: dict) -> None:
+    def update(self, teacher_cls: Tensor, targets: Mapping[str, Target]) -> None:
         """State updates of a finite step: prototype banks learn from the teacher CLS of the global crops (crop 0,
         then crop 1), and EMA balancing stores the averages of the last forward."""
         for name, spec in self.specs.items():
-            self.heads[name].update(teacher_cls, batch["targets"][name], batch["valid"][name])
+            self.heads[name].update(teacher_cls, *targets[name])
         if self.balance_ema is not None:
             self.balance_ema.commit()

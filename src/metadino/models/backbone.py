@@ -87,6 +87,10 @@ class Backbone(nn.Module, abc.ABC):
         """Whether a parameter belongs to the patch embedding (it gets its own LR multiplier)."""
         return "patch_embed" in param_name
 
+    def is_token(self, param_name: str) -> bool:
+        """Whether a parameter is a learned token (CLS, mask, registers): ``stages.freeze_tokens`` acts on these."""
+        return any(t in param_name for t in ("cls_token", "mask_token", "register_tokens"))
+
     def is_no_weight_decay(self, param_name: str) -> bool:
         """Biases, norms and layer scales get no weight decay (learned tokens do, as in the reference)."""
         return (

@@ -12,51 +12,43 @@ import json
 from pathlib import Path
 from typing import Any
 
-from metadino.data.photometric.presets import IMAGENET_MEAN, IMAGENET_STD
 from metadino.errors import UserError
 from metadino.models.adapt import merged_copy
 from metadino.models.backbone import Backbone, load_backbone_state
 from metadino.models.channels import expand_patch_embed_weight
 from metadino.models.hf import load_hf
+from metadino.models.preprocessing import Preprocessing
 from metadino.models.vit import VisionTransformer
 
-__all__ = ["PREPROCESSING_FILE", "default_preprocessing", "is_builtin_export", "load_directory", "read_preprocessing",
-           "write_export"]
+__all__ = ["PREPROCESSING_FILE", "is_builtin_export", "load_directory", "read_preprocessing", "write_export",
+           "write_preprocessing"]
 
 PREPROCESSING_FILE = "preprocessing.json"
 
 
-def default_preprocessing(backbone: Backbone) -> dict[str, Any]:
-    """For a plain HF checkpoint: 224 px, ImageNet normalisation for RGB, none otherwise."""
-    rgb = backbone.in_chans == 3
-    return {
-        "image_size": 224 - 224 % backbone.patch_size,
-        "in_chans": backbone.in_chans,
-        "patch_size": backbone.patch_size,
-        "photometric": "natural" if rgb else "none",
-        "mean": list(IMAGENET_MEAN) if rgb else None,
-        "std": list(IMAGENET_STD) if rgb else None,
-        "embed_dim": backbone.embed_dim,
-    }
-
-
-def write_export(backbone: Backbone, directory: str | Path, preprocessing: dict[str, Any]) -> Path:
+def write_export(backbone: Backbone, directory: str | Path, preprocessing: Preprocessing) -> Path:
     """Save `backbone` (LoRA adapters merged into a copy first) and its preprocessing to `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     merged_copy(backbone).save_pretrained(directory)
-    (directory / PREPROCESSING_FILE).write_text(json.dumps(preprocessing, indent=2) + "\n")
+    write_preprocessing(directory, preprocessing)
     return directory
 
 
-def read_preprocessing(directory: Path) -> dict[str, Any] | None:
+def write_preprocessing(directory: Path, preprocessing: Preprocessing) -> None:
+    (directory / PREPROCESSING_FILE).write_text(json.dumps(preprocessing.to_dict(), indent=2) + "\n")
+
+
+def read_preprocessing(directory: Path) -> Preprocessing | None:
+    """The directory's preprocessing.json, or None when it has none (a plain checkpoint)."""
     path = directory / PREPROCESSING_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"'{path}' cannot be read: {e}.") from None
+    return Preprocessing.from_dict(data, source=str(path))
 
 
 def _load_builtin_export(directory: Path, cfg: dict[str, Any], *, in_chans: int | None, drop_path_rate: float,

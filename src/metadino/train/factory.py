@@ -19,6 +19,7 @@ from metadino.models.adapt import apply_lora, freeze_backbone
 from metadino.models.backbone import Backbone
 from metadino.models.registry import build_backbone
 from metadino.models.heads import DINOHead
+from metadino.models.preprocessing import Preprocessing
 from metadino.guidance.schedule import lambda_ramp_start
 from metadino.train.distill import build_distill_pair, check_teacher_compatible
 from metadino.train.optim import build_param_groups
@@ -26,17 +27,12 @@ from metadino.train.schedules import StepSchedule
 from metadino.train.task import SSLModel, SSLTask
 
 
-def preprocessing_from_config(cfg: Config, backbone: Backbone) -> dict[str, Any]:
+def preprocessing_from_config(cfg: Config, backbone: Backbone) -> Preprocessing:
     """What ``preprocessing.json`` records for a backbone trained with `cfg` (evaluation and embedding read it)."""
-    return {
-        "image_size": cfg.crops.global_size,
-        "in_chans": cfg.model.in_chans,
-        "patch_size": backbone.patch_size,
-        "photometric": cfg.crops.photometric,
-        "mean": cfg.crops.mean,
-        "std": cfg.crops.std,
-        "embed_dim": backbone.embed_dim,
-    }
+    c = cfg.crops
+    return Preprocessing(image_size=c.global_size, in_chans=cfg.model.in_chans, patch_size=backbone.patch_size,
+                         photometric=c.photometric, mean=None if c.mean is None else list(c.mean),
+                         std=None if c.std is None else list(c.std), embed_dim=backbone.embed_dim)
 
 
 def build_backbone_from_config(model: ModelConfig, *, image_size: int) -> Backbone:

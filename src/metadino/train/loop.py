@@ -14,7 +14,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -81,7 +80,7 @@ def fit(run: Run, *, progress: bool = True) -> TrainResult:
             apply_optim_schedule(optimizer, lr=sched["lr"], weight_decay=sched["weight_decay"],
                                  last_layer_lr=sched["last_layer_lr"], backbone_scale=sched["backbone_scale"])
             with run.autocast():
-                out = task.training_step(_to_device(batch, run.device), teacher_temp=sched["teacher_temp"], step=step,
+                out = task.training_step(batch.to(run.device, non_blocking=True), teacher_temp=sched["teacher_temp"], step=step,
                                          guide_lambda=sched["guide_lambda"])
             if not all_ranks_true(bool(torch.isfinite(out.loss).item()), run.device):
                 breakdown = ", ".join(f"{k}={v.item():.4g}" for k, v in out.terms.items())
@@ -118,17 +117,6 @@ def _clip(groups: dict[str, list[torch.nn.Parameter]], max_norm: float) -> dict[
     limit = max_norm if max_norm > 0 else math.inf
     return {f"grad_norm/{name}": float(torch.nn.utils.clip_grad_norm_(params, limit)) for name, params in groups.items()
             if params}
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    def move(v: Any) -> Any:
-        if torch.is_tensor(v):
-            return v.to(device, non_blocking=True)
-        if isinstance(v, dict):
-            return {k: move(x) for k, x in v.items()}
-        return v
-
-    return {k: move(v) for k, v in batch.items()}
 
 
 def _save(run: Run, step: int) -> None:

@@ -21,9 +21,6 @@ class GroupKey:
     always_frozen: bool = False  # LR 0 for the whole run (outside the last N unfrozen blocks)
 
 
-_TOKENS = ("cls_token", "mask_token", "register_tokens")
-
-
 def _wd_mult(name: str, param: torch.Tensor) -> float:
     # Biases, norms and layer-scale vectors are not decayed (DINOv2 convention); tokens and
     # position embeddings are (as in the reference, §8).
@@ -71,7 +68,7 @@ def build_param_groups(
         wd_mult = 0.0 if backbone.is_no_weight_decay(name) or param.ndim <= 1 else 1.0
         layer = backbone.layer_id(name)
         gated_off = (train_patch_embed and backbone.is_patch_embed(name)) or (
-            not freeze_tokens and any(t in name for t in _TOKENS)
+            not freeze_tokens and backbone.is_token(name)
         )
         always = unfreeze_last_n_blocks > 0 and not (n_layers - unfreeze_last_n_blocks < layer <= n_layers)
         add(f"backbone.{name}", param, GroupKey(lr_mult, wd_mult, False, True, not gated_off, always))

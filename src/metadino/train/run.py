@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from metadino.config import RESUMABLE_CHANGES, Config, config_to_dict, diff_configs, save_config
+from metadino.data.batch import Batch
 from metadino.data.dataset import SSLDataset, StepSampler, collate_crops
 from metadino.data.regions import load_regions
 from metadino.data.table import MetadataTable, load_table
@@ -25,6 +26,7 @@ from metadino.data.targets import ColumnEncoder, TableTargets, save_vocab
 from metadino.device import resolve_device
 from metadino.errors import UserError
 from metadino.models.adapt import count_parameters
+from metadino.models.preprocessing import Preprocessing
 from metadino.train.checkpoint import list_checkpoints, load_latest_checkpoint
 from metadino.train.distributed import DistInfo, barrier, init_distributed
 from metadino.train.factory import (
@@ -57,7 +59,7 @@ class Run:
     task: SSLTask
     optimizer: torch.optim.Optimizer
     schedule: StepSchedule
-    batches: Iterable[dict[str, Any]]
+    batches: Iterable[Batch]
     autocast: Callable[[], AbstractContextManager[Any]]
     clip_groups: dict[str, list[torch.nn.Parameter]]
     clip_grad: float  # 0: no clipping (norms are still logged)
@@ -69,7 +71,7 @@ class Run:
     checkpoint_every: int
     keep_checkpoints: int
     checkpoint_meta: dict[str, Any]  # config, backbone config, data fingerprint: saved with every checkpoint
-    preprocessing: dict[str, Any]  # written next to the exported backbone
+    preprocessing: Preprocessing  # written next to the exported backbone
     watch: UniformTargetWatch | None  # the DINO term's ln K watch (None when the DINO term is off)
     trainable_params: int
     total_params: int

@@ -10,12 +10,12 @@ the unmasked global crops in eval mode, the student sees the masked global crops
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from metadino.data.batch import Batch, Target
 from metadino.losses import SIGReg, DINOLoss, GramLoss, IBOTPatchLoss, KoLeoLoss, SoftmaxCenter, sinkhorn_knopp
 from metadino.guidance.guides import GuideSet
 from metadino.models.backbone import Backbone
@@ -85,7 +85,7 @@ class _Online(nn.Module):
 
     def forward(
         self, glob: Tensor, local: Tensor | None, masks: Tensor | None, *, mask_inputs: bool, n_global: int,
-        batch: dict[str, Any], guide_lambda: float,
+        targets: dict[str, Target], guide_lambda: float,
     ) -> tuple[dict[str, Tensor], tuple[Tensor, dict[str, Tensor], dict[str, float | Tensor]] | None]:
         out = self.student(glob, local, masks, mask_inputs=mask_inputs)
         if self.guides is None:
@@ -95,7 +95,7 @@ class _Online(nn.Module):
         B = glob.shape[0] // n_global
         cls = out["global_cls"].view(n_global, B, -1)
         logits = out["dino_logits"].float()[: n_global * B].view(n_global, B, -1)
-        return out, self.guides(cls, logits, batch, guide_lambda)
+        return out, self.guides(cls, logits, targets, guide_lambda)
 
 
 class SSLTask(nn.Module):
@@ -203,8 +203,8 @@ class SSLTask(nn.Module):
         return self
 
     @torch.no_grad()
-    def _teacher_targets(self, batch: dict[str, Any], teacher_temp: float) -> dict[str, Tensor]:
-        out = self.teacher(batch["global"], None, batch["masks"], mask_inputs=False)
+    def _teacher_targets(self, batch: Batch, teacher_temp: float) -> dict[str, Tensor]:
+        out = self.teacher(batch.global_crops, None, batch.masks, mask_inputs=False)
         logits = out["dino_logits"].float()
         if self.dino_center is not None:
             probs = self.dino_center.probs(logits, teacher_temp)
@@ -231,7 +231,7 @@ class SSLTask(nn.Module):
         self.update_teacher(momentum)
 
     def training_step(
-        self, batch: dict[str, Any], *, teacher_temp: float, step: int = 0, guide_lambda: float = 0.0
+        self, batch: Batch, *, teacher_temp: float, step: int = 0, guide_lambda: float = 0.0
     ) -> StepOutput:
         """One step's loss. Terms: dino_local, dino_global, dino, [ibot], [gram], [koleo], [sigreg],
         [guide/<column>], total. Metrics: DINO target statistics and the guides' logging scalars.
@@ -239,13 +239,13 @@ class SSLTask(nn.Module):
         `step` seeds SIGReg's random projections (the same on every rank and both crops).
         """
         self._pending.clear()
-        glob, local, masks = batch["global"], batch["local"], batch["masks"]
+        glob, local, masks = batch.global_crops, batch.local_crops, batch.masks
         n_g = self.n_global
         B = glob.shape[0] // n_g
         use_masks = self.method == "dinov2"
         targets = self._teacher_targets(batch, teacher_temp)
         out, guided = self._online_call(glob, local, masks if use_masks else None, mask_inputs=use_masks, n_global=n_g,
-                                        batch=batch, guide_lambda=guide_lambda)
+                                        targets=batch.targets, guide_lambda=guide_lambda)
 
         logits = out["dino_logits"].float()
         K = logits.shape[-1]
@@ -285,7 +285,7 @@ class SSLTask(nn.Module):
             total = total + guide_total
             # Distillation: the frozen teacher's CLS lives in another space than the student's guides.
             teacher_cls = (out["global_cls"].detach() if self.distill else targets["cls"]).view(n_g, B, -1)
-            self._pending.append(lambda: self.guides.update(teacher_cls, batch))
+            self._pending.append(lambda: self.guides.update(teacher_cls, batch.targets))
         terms["total"] = total
         return StepOutput(total, terms, metrics)
 

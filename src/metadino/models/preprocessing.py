@@ -1,0 +1,52 @@
+"""How images are prepared for a model: the ``preprocessing.json`` of every model directory."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from metadino.data.photometric.presets import IMAGENET_MEAN, IMAGENET_STD, Photometric, build_photometric
+from metadino.errors import UserError
+from metadino.models.backbone import Backbone
+
+__all__ = ["Preprocessing"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Input size (resize + centre crop, pixels), channels, photometric preset and normalisation (None: the
+    preset's), plus the patch size and embedding width of the model it belongs to."""
+
+    image_size: int
+    in_chans: int
+    patch_size: int
+    photometric: str
+    mean: list[float] | None
+    std: list[float] | None
+    embed_dim: int
+
+    @classmethod
+    def default_for(cls, backbone: Backbone) -> Preprocessing:
+        """For a plain checkpoint without preprocessing.json: 224 px, ImageNet normalisation for RGB, none otherwise."""
+        rgb = backbone.in_chans == 3
+        return cls(image_size=224 - 224 % backbone.patch_size, in_chans=backbone.in_chans, patch_size=backbone.patch_size,
+                   photometric="natural" if rgb else "none", mean=list(IMAGENET_MEAN) if rgb else None,
+                   std=list(IMAGENET_STD) if rgb else None, embed_dim=backbone.embed_dim)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str) -> Preprocessing:
+        """From the JSON of `source`; a missing key is a UserError naming the file and the key."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, dict):
+            raise UserError(f"'{source}' must hold a JSON object with {', '.join(names)}.")
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise UserError(f"'{source}' lacks {', '.join(missing)}; re-export the model with `metadino export`.")
+        return cls(**{n: data[n] for n in names})
+
+    def transform(self) -> Photometric:
+        """The evaluation-time photometric transform (normalisation only: presets augment only in training)."""
+        return build_photometric(self.photometric, in_chans=self.in_chans, mean=self.mean, std=self.std)
