@@ -61,9 +61,9 @@ def _worker(mode: str, args: argparse.Namespace, n_steps: int) -> dict:
 
     from metadino.config import config_from_dict
     from metadino.data.batch import Batch
+    from metadino.device import resolve_device
     from metadino.models.adapt import count_parameters
     from metadino.train.factory import build_backbone_from_config, build_task
-    from metadino.device import resolve_device
     from metadino.train.optim import apply_optim_schedule, build_param_groups
 
     try:  # LoRA imports peft (+ transformers): import it in every mode so that no mode's peak includes it
@@ -133,7 +133,7 @@ def _worker(mode: str, args: argparse.Namespace, n_steps: int) -> dict:
         "peak_memory_method": peak_note,
         "trainable_params": trainable,
         "total_params": total,
-        "loss_finite": bool(torch.isfinite(terms["total"]).item()),
+        "loss_finite": bool(torch.isfinite(out.loss).item()),
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "threads": torch.get_num_threads(),
     }

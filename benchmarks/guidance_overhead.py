@@ -25,7 +25,13 @@ from metadino.data.dataset import SSLDataset, collate_crops
 from metadino.data.synthetic import generate_dataset
 from metadino.data.table import load_table
 from metadino.data.targets import TableTargets
-from metadino.train.factory import build_augmentation, build_backbone_from_config, build_encoders, build_guides, build_task
+from metadino.train.factory import (
+    build_augmentation,
+    build_backbone_from_config,
+    build_encoders,
+    build_guides,
+    build_task,
+)
 
 GUIDES = [
     {"column": "antibody", "head": "prototypical", "weight": 0.1},

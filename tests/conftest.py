@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from testkit import write_image_table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -7,7 +7,6 @@ import pytest
 import torch
 import transformers
 
-from testkit import tiny_config
 from metadino.config import config_from_dict
 from metadino.data.table import load_table
 from metadino.embed import extract_features, read_embeddings
@@ -15,6 +14,7 @@ from metadino.errors import UserError
 from metadino.export import backbone_from_run, export_run, load_model
 from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.loop import train
+from testkit import tiny_config
 
 
 def _embeddings(model: str, table) -> torch.Tensor:

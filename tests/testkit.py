@@ -150,9 +150,9 @@ def write_labelled_table(folder: Path, n: int = 60, size: int = 32, seed: int = 
 
 def write_tiny_model(folder: Path, seed: int = 0, depth: int = 2) -> Path:
     """A random 2-block, 32-wide built-in ViT (LayerScale 1) written as a metadino export directory (32 px input)."""
-    import torch
-
     from dataclasses import replace
+
+    import torch
 
     from metadino.models.directory import write_export
     from metadino.models.preprocessing import Preprocessing

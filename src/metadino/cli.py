@@ -318,9 +318,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from metadino.data.table import load_table
+    from metadino.device import resolve_device
     from metadino.embed import check_output_path, extract_features, write_embeddings
     from metadino.export import load_model
-    from metadino.device import resolve_device
 
     check_output_path(args.out)  # before loading anything
     backbone, pre = load_model(args.model)

@@ -35,9 +35,9 @@ from pathlib import Path
 from metadino.config import config_from_dict, read_yaml
 from metadino.data.synthetic import generate_dataset
 from metadino.errors import UserError
-from metadino.files import claim_output_dir
 from metadino.eval.evaluate import evaluate
 from metadino.export import load_model
+from metadino.files import claim_output_dir
 from metadino.train.loop import train
 
 MARKER = ".metadino-demo"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,8 +12,8 @@ import torch
 
 from metadino.data.table import MetadataTable
 from metadino.errors import UserError
-from metadino.files import atomic_write
 from metadino.eval.features import extract
+from metadino.files import atomic_write
 from metadino.models.backbone import Backbone
 from metadino.models.preprocessing import Preprocessing
 

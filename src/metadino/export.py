@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from metadino.config import Config, config_from_dict
 from metadino.errors import UserError
@@ -29,6 +28,7 @@ from metadino.models.preprocessing import Preprocessing
 from metadino.models.registry import build_backbone
 from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.factory import adapt_backbone, build_backbone_from_config, preprocessing_from_config
+
 
 def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "checkpoints").is_dir()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from dataclasses import replace
 import torch
 
 from metadino.data.synthetic import generate_dataset

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from testkit import tiny_config, write_labelled_table, write_tiny_model
 from metadino.cli import main, parse_conditional, parse_rows
 from metadino.errors import UserError
+from testkit import tiny_config, write_labelled_table, write_tiny_model
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:

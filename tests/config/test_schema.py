@@ -11,7 +11,6 @@ import typing
 from metadino.config import Config, GuideConfig, PhotometricPreset, config_from_dict, config_to_dict
 from metadino.config.reference import entries
 
-
 BASE = {"data": {"table": "meta.csv"}, "model": {"backbone": "builtin:vit-tiny", "patch_size": 8}, "crops": {"global_size": 32, "local_size": 16}}
 
 

@@ -9,7 +9,6 @@ import pytest
 from metadino.config import Config, CropsConfig, config_from_dict, validate
 from metadino.errors import UserError
 
-
 BASE = {"data": {"table": "meta.csv"}, "model": {"backbone": "builtin:vit-tiny", "patch_size": 8}, "crops": {"global_size": 32, "local_size": 16}}
 
 

@@ -3,7 +3,6 @@ from functools import partial
 
 import numpy as np
 import pytest
-from testkit import write_labelled_table, write_tiny_model
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
@@ -15,6 +14,7 @@ from metadino.eval import features as features_mod
 from metadino.eval.evaluate import evaluate
 from metadino.eval.features import extract
 from metadino.export import load_model
+from testkit import write_labelled_table, write_tiny_model
 
 
 @pytest.fixture

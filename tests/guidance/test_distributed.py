@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 
 import pytest
-from testkit import join_group, launch_ranks, leave_group
 import torch
 
 from metadino.guidance import MLPClassifier, MLPRegressor, PrototypeBank, balance_guides
+from testkit import join_group, launch_ranks, leave_group
 
 WORLD = 2
 DIM, N_CLS = 16, 5

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from metadino.guidance.prototypes import PrototypeBank
 
-
 TAGS = {"m0999": 0.999, "m05": 0.5}
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 

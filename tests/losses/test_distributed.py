@@ -10,12 +10,12 @@ from __future__ import annotations
 import sys
 
 import pytest
-from testkit import join_group, launch_ranks, leave_group, rank_part
 import torch
 from torch import nn
 
 from metadino.losses.centering import SoftmaxCenter, sinkhorn_knopp
 from metadino.losses.sigreg import SIGReg
+from testkit import join_group, launch_ranks, leave_group, rank_part
 
 WORLD = 2
 TEMP = 0.07

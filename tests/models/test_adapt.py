@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from testkit import tiny_hf_model
 from metadino.errors import UserError
 from metadino.models.adapt import (
     apply_lora,
@@ -27,6 +26,7 @@ from metadino.models.adapt import (
 from metadino.models.backbone import Backbone
 from metadino.models.hf import HFBackbone
 from metadino.models.registry import build_backbone
+from testkit import tiny_hf_model
 
 transformers = pytest.importorskip("transformers")
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import Tensor
 
-from testkit import tiny_hf_model
 from metadino.errors import UserError
 from metadino.models.backbone import Backbone, Tokens, load_backbone_state
+from metadino.models.channels import expand_patch_embed_weight
 from metadino.models.hf import HFBackbone
 from metadino.models.registry import backbone_from_config, build_backbone
-from metadino.models.channels import expand_patch_embed_weight
+from testkit import tiny_hf_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -168,7 +168,7 @@ def test_grad_checkpointing_same_result(kind: str, hf_dirs: dict[str, Path]) -> 
         bb.set_grad_checkpointing(enable)
         bb.zero_grad(set_to_none=True)
         count = [0]
-        hook = bb.blocks[0].norm1.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        hook = bb.blocks[0].norm1.register_forward_pre_hook(lambda *_, count=count: count.__setitem__(0, count[0] + 1))
         torch.manual_seed(1)  # DINOv3 draws a random RoPE rescale in train mode
         tok = bb(x)
         (tok.cls.pow(2).sum() + tok.patches.sum()).backward()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 
 import pytest
-from testkit import join_group, launch_ranks, leave_group, rank_part
 import torch
 from torch import nn
 
 from metadino.models.global_batchnorm import GlobalBatchNorm
 from metadino.models.heads import DINOHead
+from testkit import join_group, launch_ranks, leave_group, rank_part
 
 WORLD = 2
 SPLITS = {"unequal": (5, 3), "empty": (8, 0)}

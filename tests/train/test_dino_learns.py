@@ -20,10 +20,9 @@ from metadino.data.synthetic import generate_dataset
 from metadino.data.table import load_table
 from metadino.eval.features import extract
 from metadino.eval.knn import knn_predict
-from metadino.train.factory import preprocessing_from_config
 from metadino.models.backbone import load_backbone_state
 from metadino.train.checkpoint import list_checkpoints
-from metadino.train.factory import build_backbone_from_config
+from metadino.train.factory import build_backbone_from_config, preprocessing_from_config
 from metadino.train.loop import train
 
 STEPS, K = 300, 512

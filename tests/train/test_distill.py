@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from testkit import tiny_config
-from metadino.data.batch import Batch, Target
 from metadino.config import config_from_dict
+from metadino.data.batch import Batch
 from metadino.errors import UserError
 from metadino.export import backbone_from_run, load_model
 from metadino.losses import sinkhorn_knopp
@@ -17,6 +16,7 @@ from metadino.models.registry import build_backbone
 from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.factory import build_backbone_from_config, build_task
 from metadino.train.loop import train
+from testkit import tiny_config
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from testkit import tiny_config
 from metadino.config import config_from_dict
 from metadino.errors import UserError
 from metadino.export import backbone_from_run, export_run
@@ -14,6 +13,7 @@ from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.factory import build_backbone_from_config, build_task
 from metadino.train.loop import train
 from metadino.train.optim import build_param_groups
+from testkit import tiny_config
 
 LORA = {"mode": "lora", "lora": {"rank": 2, "alpha": 4.0, "target_modules": ["qkv", "mlp"]}}
 

@@ -10,14 +10,14 @@ import sys
 import torch
 import yaml
 
-from testkit import tiny_config
-from metadino.data.batch import Batch, Target
 from metadino.config import config_from_dict
+from metadino.data.batch import Batch
 from metadino.losses import GramLoss
 from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.factory import build_backbone_from_config, build_task
 from metadino.train.loop import train
 from metadino.train.optim import build_param_groups
+from testkit import tiny_config
 
 
 def _assert_states_equal(a, b) -> None:

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from testkit import tiny_config
 from metadino.config import config_from_dict
 from metadino.data.synthetic import generate_dataset
 from metadino.errors import UserError
 from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.loop import train
+from testkit import tiny_config
 
 GUIDES = [
     {"column": "antibody", "head": "prototypical", "weight": 0.1},

@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from testkit import tiny_config, write_image_table
 from metadino.config import config_from_dict
 from metadino.errors import UserError
 from metadino.losses.koleo import KoLeoLoss
 from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.loop import TrainingDiverged, train
+from testkit import tiny_config, write_image_table
 
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -60,7 +60,7 @@ def test_resume_in_new_process_is_bit_exact(tmp_path, image_table):
     _assert_states_equal(a["task"], b["task"])
     _assert_states_equal(a["optimizer"]["state"], b["optimizer"]["state"])
     _assert_states_equal({"rng": a["rng"]}, {"rng": b["rng"]})
-    losses = lambda run: [json.loads(l)["total"] for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    losses = lambda run: [json.loads(line)["total"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
     assert losses("straight") == losses("split")
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metadino.models.registry import build_backbone
 from metadino.models.heads import DINOHead
+from metadino.models.registry import build_backbone
 from metadino.train.optim import apply_optim_schedule, build_param_groups
 
 

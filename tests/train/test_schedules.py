@@ -61,8 +61,8 @@ def test_backbone_scale_parity(reference_values):
 def _lambda_cfg(lam: dict, stages: dict | None = None, backbone: str = "builtin:vit-tiny", steps: int = 20):
     from pathlib import Path
 
-    from testkit import tiny_config
     from metadino.config import config_from_dict
+    from testkit import tiny_config
 
     cfg = tiny_config(Path("meta.csv"), train={"steps": steps}, model={"backbone": backbone},
                       guidance={"lambda": {"schedule": "sigmoid", **lam}, "guides": [{"column": "label"}]})

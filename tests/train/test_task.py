@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import torch
 
-from testkit import tiny_config
-from metadino.data.batch import Batch, Target
 from metadino.config import config_from_dict
+from metadino.data.batch import Batch
 from metadino.losses import SIGReg
 from metadino.train.factory import build_backbone_from_config, build_task
+from testkit import tiny_config
 
 
 def _batch(n_global=2, n_local=2, B=4, C=3, G=32, L=16, N=16):

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, Sampler
 from metadino.data.batch import Batch, Target
 from metadino.data.crops import MultiCropAugmentation, eval_view
 from metadino.data.images import load_image
-from metadino.data.photometric.presets import Photometric, build_photometric
+from metadino.data.photometric.presets import Photometric
 from metadino.data.regions import TableRegions
 from metadino.data.seeding import make_generator
 from metadino.data.table import MetadataTable

@@ -26,14 +26,14 @@ from metadino.data.table import MetadataTable, infer_column_kind, load_table
 from metadino.data.targets import ColumnEncoder, class_names
 from metadino.data.values import DEFAULT_SEPARATOR, multilabel_separator
 from metadino.errors import UserError
-from metadino.files import claim_output_dir
-from metadino.eval.features import Features, cached_extract, default_cache_dir, weights_digest
 from metadino.eval.conditional import check_spec, check_target, conditional_leakage_table
+from metadino.eval.features import Features, cached_extract, default_cache_dir, weights_digest
 from metadino.eval.knn import knn_predict
 from metadino.eval.leakage import leakage_table
 from metadino.eval.linear import carve_validation, fit_linear_probe
 from metadino.eval.metrics import classification_metrics, multilabel_metrics
 from metadino.eval.purity import check_categorical, purity_metrics
+from metadino.files import claim_output_dir
 from metadino.models.backbone import Backbone
 from metadino.models.preprocessing import Preprocessing
 
@@ -143,33 +143,14 @@ def _groups(group_column: str | None, split: Split) -> tuple[np.ndarray | None, 
 
 
 def evaluate(
-    model: str,
-    load: ModelLoader,
-    *,
-    table: str | Path,
-    label_column: str,
-    train_rows: Mapping[str, Any],
-    test_rows: Mapping[str, Any],
-    out: str | Path,
-    val_rows: Mapping[str, Any] | None = None,
-    group_column: str | None = None,
-    probes: Sequence[str] = ("knn", "linear"),
-    leakage_columns: Sequence[str] = (),
-    conditional_leakage: Mapping[str, Sequence[str]] | None = None,
-    purity_columns: Sequence[str] = (),
-    image_column: str = "path",
-    root: str | None = None,
-    feature: str = "cls",
-    k: int = 20,
-    temperature: float = 0.07,
-    leakage_folds: int = 5,
-    batch_size: int = 64,
-    device: str = "cpu",
-    cache_dir: Path | None | str = "default",
-    seed: int = 0,
-    progress: bool = True,
-    report: bool = True,
-    title: str | None = None,
+    model: str, load: ModelLoader, *,
+    table: str | Path, label_column: str, train_rows: Mapping[str, Any], test_rows: Mapping[str, Any], out: str | Path,
+    val_rows: Mapping[str, Any] | None = None, group_column: str | None = None,
+    probes: Sequence[str] = ("knn", "linear"), leakage_columns: Sequence[str] = (),
+    conditional_leakage: Mapping[str, Sequence[str]] | None = None, purity_columns: Sequence[str] = (),
+    image_column: str = "path", root: str | None = None, feature: str = "cls", k: int = 20, temperature: float = 0.07,
+    leakage_folds: int = 5, batch_size: int = 64, device: str = "cpu", cache_dir: Path | None | str = "default",
+    seed: int = 0, progress: bool = True, report: bool = True, title: str | None = None,
 ) -> dict:
     """Evaluate the backbone that `load` returns (with its preprocessing) on a labelled subset; write
     DIR/metrics.json (and DIR/report.md). Returns the metrics. `model` names it in the metrics and the report;
@@ -183,17 +164,12 @@ def evaluate(
     t0 = time.perf_counter()
     probes = _check_probes(probes, feature, k, temperature)
     required = [label_column, *([group_column] if group_column else []), *leakage_columns]
-    splits = [_load_split("train", table, train_rows, image_column, root, required)]
-    if val_rows:
-        splits.append(_load_split("val", table, val_rows, image_column, root, required))
-    splits.append(_load_split("test", table, test_rows, image_column, root, required))
+    rows = {"train": train_rows, **({"val": val_rows} if val_rows else {}), "test": test_rows}
+    splits = [_load_split(name, table, r, image_column, root, required) for name, r in rows.items()]
     by_name = {s.name: s for s in splits}
     labels = build_labels(label_column, splits)
     train_frame = by_name["train"].table.frame
-    for column in leakage_columns:  # fail before any compute, not after feature extraction
-        if infer_column_kind(train_frame[column]) == "constant":
-            raise UserError(f"--leakage-columns: '{column}' has fewer than two distinct values in the train rows; "
-                            "leakage of a constant column is undefined, drop it.")
+    _check_leakage_columns(leakage_columns, train_frame)  # fail before any compute, not after feature extraction
     conditional_leakage = _check_conditional(conditional_leakage or {}, train_frame)
     purity_columns = _check_purity(purity_columns, train_frame)
 
@@ -217,17 +193,12 @@ def evaluate(
                                             seed=seed, progress=progress),
         **_purity(train, test, feature, purity_columns, label_column, group_column, k, device),
         "info": {
-            "model": model,
-            "table": str(Path(table)),
-            "label_column": label_column,
-            "classes": labels.classes,
-            "multilabel": labels.multilabel,
-            "feature": feature,
+            "model": model, "table": str(Path(table)), "label_column": label_column, "classes": labels.classes,
+            "multilabel": labels.multilabel, "feature": feature,
             "rows": {name: int(known.sum()) for name, (_, _, known) in data.items()},
             "rows_without_label": {name: int((~known).sum()) for name, (_, _, known) in data.items()},
             "train_test_overlap_rows": len(set(train.table.row_numbers) & set(test.table.row_numbers)),
-            "group_column": group_column,
-            "seconds": round(time.perf_counter() - t0, 1),
+            "group_column": group_column, "seconds": round(time.perf_counter() - t0, 1),
         },
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -237,6 +208,13 @@ def evaluate(
         write_report(out, metrics, splits=splits, feature=feature, label_column=label_column,
                      leakage_columns=leakage_columns, y_test=y_test, predictions=predictions, model=model, title=title)
     return metrics
+
+
+def _check_leakage_columns(columns: Sequence[str], frame: Any) -> None:
+    for column in columns:
+        if infer_column_kind(frame[column]) == "constant":
+            raise UserError(f"--leakage-columns: '{column}' has fewer than two distinct values in the train rows; "
+                            "leakage of a constant column is undefined, drop it.")
 
 
 def _check_probes(probes: Sequence[str], feature: str, k: int, temperature: float) -> list[str]:

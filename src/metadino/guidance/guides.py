@@ -120,7 +120,7 @@ class GuideSet(nn.Module):
     def update(self, teacher_cls: Tensor, targets: Mapping[str, Target]) -> None:
         """State updates of a finite step: prototype banks learn from the teacher CLS of the global crops (crop 0,
         then crop 1), and EMA balancing stores the averages of the last forward."""
-        for name, spec in self.specs.items():
+        for name in self.specs:
             self.heads[name].update(teacher_cls, *targets[name])
         if self.balance_ema is not None:
             self.balance_ema.commit()

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metadino.errors import UserError
-from metadino.ranks import world_size
 from metadino.guidance.grl import scale_gradient
 from metadino.guidance.head import GuideHead, GuideOutput, check_features, masked_mean, masked_rate, valid_mask
 from metadino.precision import full_precision
+from metadino.ranks import world_size
 
 __all__ = ["PrototypeBank"]
 

@@ -10,7 +10,6 @@ heads are never used outside training.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from metadino.precision import full_precision

@@ -8,7 +8,6 @@ under a real name and ``latest`` always names a complete checkpoint.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any

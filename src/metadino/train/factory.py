@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 
 from metadino.config import Config, GuideConfig, ModelConfig
-from metadino.errors import UserError
-from metadino.data.table import MetadataTable
-from metadino.data.targets import ColumnEncoder, build_encoder
-from metadino.guidance.guides import GuideSet, GuideSpec
-from metadino.guidance import GuideHead, MLPClassifier, MLPRegressor, PrototypeBank
 from metadino.data.crops import MultiCropAugmentation
 from metadino.data.photometric import build_photometric
+from metadino.data.table import MetadataTable
+from metadino.data.targets import ColumnEncoder, build_encoder
+from metadino.errors import UserError
+from metadino.guidance import GuideHead, MLPClassifier, MLPRegressor, PrototypeBank
+from metadino.guidance.guides import GuideSet, GuideSpec
+from metadino.guidance.schedule import lambda_ramp_start
 from metadino.models.adapt import apply_lora, freeze_backbone
 from metadino.models.backbone import Backbone
-from metadino.models.registry import build_backbone
 from metadino.models.heads import DINOHead
 from metadino.models.preprocessing import Preprocessing
-from metadino.guidance.schedule import lambda_ramp_start
+from metadino.models.registry import build_backbone
 from metadino.train.distill import build_distill_pair, check_teacher_compatible
 from metadino.train.optim import build_param_groups
 from metadino.train.schedules import StepSchedule

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from metadino.data.batch import Batch, Target
-from metadino.losses import SIGReg, DINOLoss, GramLoss, IBOTPatchLoss, KoLeoLoss, SoftmaxCenter, sinkhorn_knopp
 from metadino.guidance.guides import GuideSet
+from metadino.losses import DINOLoss, GramLoss, IBOTPatchLoss, KoLeoLoss, SIGReg, SoftmaxCenter, sinkhorn_knopp
 from metadino.models.backbone import Backbone
 from metadino.models.heads import DINOHead
 

@@ -26,7 +26,6 @@ from metadino.data.photometric.ops import (
 )
 from metadino.data.seeding import make_generator
 
-
 # hand-made 3x2x2 RGB image in [0, 1]: a gray pixel, two saturated ones and a mixed one
 IMG = torch.tensor(
     [
