@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-dev
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 # Installs through constraints/cpu.txt so that torch resolves to the local +cpu wheel and no
 # CUDA build can slip in; then checks that it did not.
@@ -25,6 +25,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# ruff (lint + import order) and mypy (strict for losses/, guidance/, train/, models/), as configured in pyproject.toml
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py

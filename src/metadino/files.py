@@ -11,7 +11,7 @@ from metadino.errors import UserError
 __all__ = ["atomic_write", "atomic_write_text", "claim_output_dir"]
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], *, fsync: bool = False) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], object], *, fsync: bool = False) -> Path:
     """``write(tmp)`` into a temporary name beside `path`, then rename it over `path`: a crash or a full disk leaves
     the old file (or none), never half a file, and no temporary file behind. `fsync` flushes it to disk first
     (checkpoints: the rename must not land before the data)."""
@@ -28,7 +28,10 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, fsync: bool = Fal
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    def write(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    return atomic_write(path, write)
 
 
 def claim_output_dir(out: Path, marker: str, *, not_a_folder: str, not_ours: str) -> bool:

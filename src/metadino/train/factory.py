@@ -6,11 +6,11 @@ import copy
 
 import torch
 
-from metadino.config import Config, GuideConfig, ModelConfig
+from metadino.config import Config, GuideConfig, HeadConfig, ModelConfig
 from metadino.data.crops import MultiCropAugmentation
 from metadino.data.photometric import build_photometric
 from metadino.data.table import MetadataTable
-from metadino.data.targets import ColumnEncoder, build_encoder
+from metadino.data.targets import ColumnEncoder, Kind, build_encoder
 from metadino.errors import UserError
 from metadino.guidance import GuideHead, MLPClassifier, MLPRegressor, PrototypeBank
 from metadino.guidance.guides import GuideSet, GuideSpec
@@ -173,6 +173,7 @@ def build_encoders(cfg: Config, table: MetadataTable) -> dict[str, ColumnEncoder
     encoders: dict[str, ColumnEncoder] = {}
     for g in cfg.guidance.guides:
         purpose = f"guide '{g.column}'"
+        kind: Kind | None
         if g.head == "regression":
             kind = "continuous"
         elif g.multilabel is None:
@@ -246,7 +247,7 @@ def build_task(
         distill_teacher = build_distill_teacher(cfg)
     head_dim = distill_teacher.embed_dim if distill_teacher is not None else backbone.embed_dim
 
-    def head(h, batchnorm_default: bool) -> DINOHead:
+    def head(h: HeadConfig, batchnorm_default: bool) -> DINOHead:
         return DINOHead(
             head_dim, h.out_dim, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim, nlayers=h.nlayers,
             norm_last_layer=h.norm_last_layer, batchnorm=batchnorm_default if h.batchnorm is None else h.batchnorm,

@@ -89,7 +89,7 @@ def fit(run: Run, *, progress: bool = True) -> TrainResult:
                     f"'{run.dir / 'checkpoints'}' is intact. Lower optim.lr, use train.precision=fp32, or check the images."
                 )
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            out.loss.backward()  # type: ignore[no-untyped-call]  # torch.Tensor.backward is unannotated
             grad_norms = _clip(run.clip_groups, run.clip_grad)
             optimizer.step()
             task.commit(sched["momentum"])

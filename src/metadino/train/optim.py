@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ def build_param_groups(
     train_patch_embed: bool = True,
     freeze_tokens: bool = True,
     unfreeze_last_n_blocks: int = 0,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """One AdamW group per distinct (lr_mult, wd_mult, is_last_layer, is_backbone).
 
     Backbone block i (of L) gets ``layer_decay ** (L + 1 - layer_id)``; the patch embedding and the

@@ -140,7 +140,7 @@ def _restore(run_dir: Path, task: SSLTask, optimizer: torch.optim.Optimizer, cfg
 
 
 def _loader(cfg: Config, table: MetadataTable, encoders: dict[str, ColumnEncoder], regions: Any, patch_size: int,
-            device: torch.device, info: DistInfo, start_step: int, end_step: int) -> DataLoader:
+            device: torch.device, info: DistInfo, start_step: int, end_step: int) -> DataLoader[Any]:
     t = cfg.train
     sampler = StepSampler(len(table), batch_size=t.batch_size, total_steps=end_step, seed=t.seed, start_step=start_step,
                           rank=info.rank, world_size=info.world_size)

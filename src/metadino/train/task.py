@@ -9,7 +9,9 @@ the unmasked global crops in eval mode, the student sees the masked global crops
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -111,6 +113,11 @@ class SSLTask(nn.Module):
     outside the student, the EMA and the optimizer, never gets gradients and is always in eval mode.
     """
 
+    # Set with object.__setattr__ (outside the module tree, see __init__), declared here for the type checker.
+    _online: _Online
+    _online_call: Callable[..., tuple[dict[str, Tensor], Any]]
+    _pending: list[Callable[[], None]]
+
     def __init__(
         self,
         student: SSLModel,
@@ -206,9 +213,10 @@ class SSLTask(nn.Module):
     def _teacher_targets(self, batch: Batch, teacher_temp: float) -> dict[str, Tensor]:
         out = self.teacher(batch.global_crops, None, batch.masks, mask_inputs=False)
         logits = out["dino_logits"].float()
-        if self.dino_center is not None:
-            probs = self.dino_center.probs(logits, teacher_temp)
-            self._pending.append(lambda: self.dino_center.update(logits))
+        center = self.dino_center
+        if center is not None:
+            probs = center.probs(logits, teacher_temp)
+            self._pending.append(lambda: center.update(logits))
         else:
             probs = sinkhorn_knopp(logits, teacher_temp)
         targets = {"dino": probs, "cls": out["global_cls"]}
@@ -259,7 +267,7 @@ class SSLTask(nn.Module):
             masks_weight = (1.0 / counts.float()).unsqueeze(1).expand_as(masks)[masks]
             terms["ibot"] = self.ibot_loss(out["ibot_logits"].float(), targets["ibot"], masks_weight, n_images=n_g * B)
             total = total + self.weights["ibot"] * terms["ibot"]
-        if self.gram_teacher is not None:
+        if self.gram_teacher is not None and self.gram_loss is not None:
             # DINOv3 conventions: the student's patch tokens of its (masked) global-crop forward, every token
             # (`tokens_used: all`), against the frozen model's tokens of the same crops, unmasked.
             with torch.no_grad():
@@ -285,7 +293,9 @@ class SSLTask(nn.Module):
             total = total + guide_total
             # Distillation: the frozen teacher's CLS lives in another space than the student's guides.
             teacher_cls = (out["global_cls"].detach() if self.distill else targets["cls"]).view(n_g, B, -1)
-            self._pending.append(lambda: self.guides.update(teacher_cls, batch.targets))
+            guides = self.guides
+            if guides is not None:
+                self._pending.append(lambda: guides.update(teacher_cls, batch.targets))
         terms["total"] = total
         return StepOutput(total, terms, metrics)
 
@@ -314,7 +324,7 @@ class SSLTask(nn.Module):
         pairs = self.ema_pairs()
         if not pairs:
             return
-        t = [tp for tp, _ in pairs]
+        t: list[Tensor] = [tp for tp, _ in pairs]
         s = [sp.detach() for _, sp in pairs]
         torch._foreach_mul_(t, momentum)
         torch._foreach_add_(t, s, alpha=1.0 - momentum)
