@@ -61,6 +61,7 @@ class GradNormEMA(nn.Module):
     """
 
     norms: Tensor
+    pending: Tensor | None  # kept in __dict__ (not a buffer): never saved, never moved by .to()
 
     def __init__(self, n_guides: int, momentum: float) -> None:
         super().__init__()

@@ -6,6 +6,8 @@ backbone receives λ·∂L/∂x while the head's own parameters get the unscaled
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -16,12 +18,12 @@ class GradientScaling(torch.autograd.Function):
     """y = x (a view); dL/dx = λ · dL/dy; no gradient for λ (a Python float)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, lam: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, lam: float) -> Tensor:
         ctx.lam = lam
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         return grad * ctx.lam, None
 
 
@@ -32,4 +34,6 @@ def scale_gradient(x: Tensor, lam: float) -> Tensor:
         x: any tensor.
         lam: gradient factor (λ_eff: +λ for informative guides, −λ for gradient reversal).
     """
-    return GradientScaling.apply(x, float(lam))
+    # torch leaves Function.apply unannotated; forward above returns a Tensor
+    out: Tensor = GradientScaling.apply(x, float(lam))  # type: ignore[no-untyped-call]
+    return out

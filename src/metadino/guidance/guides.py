@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -65,11 +66,18 @@ class GuideSet(nn.Module):
 
     def _features(self, spec: GuideSpec, cls: Tensor, logits: Tensor | None, targets: Mapping[str, Target]) -> Tensor:
         x = logits if spec.space == "prototype" else cls
+        if x is None:
+            raise ValueError(f"guide {spec.column!r} reads the prototype space (grl_space: prototype) but no DINO-head "
+                             "logits were given")
         if not spec.given:
             return x
-        cond = [self.conditioners[c].one_hot(*targets[c]).to(x.dtype) for c in spec.given]
-        cond = torch.cat(cond, dim=-1).unsqueeze(0).expand(x.shape[0], -1, -1)
+        parts = [self.conditioners[c].one_hot(*targets[c]).to(x.dtype) for c in spec.given]
+        cond = torch.cat(parts, dim=-1).unsqueeze(0).expand(x.shape[0], -1, -1)
         return torch.cat([x, cond], dim=-1)
+
+    def _head(self, name: str) -> GuideHead:
+        # nn.ModuleDict is typed as holding nn.Module; __init__ only puts GuideHeads in it
+        return cast(GuideHead, self.heads[name])
 
     def forward(
         self, cls: Tensor, logits: Tensor | None, targets: Mapping[str, Target], lam: float
@@ -91,7 +99,7 @@ class GuideSet(nn.Module):
             self.balance_ema.discard()  # a forward whose update never ran (non-finite step) leaves no trace
         for name, spec in self.specs.items():
             target = targets[name]
-            out = self.heads[name].loss(self._features(spec, cls, logits, targets), target.values, target.valid, spec.sign * lam)
+            out = self._head(name).loss(self._features(spec, cls, logits, targets), target.values, target.valid, spec.sign * lam)
             weighted[name] = spec.weight * out.loss
             metrics[f"guide/{name}/loss"] = float(out.loss.detach())
             metrics[f"guide/{name}/weighted"] = float(weighted[name].detach())
@@ -100,7 +108,7 @@ class GuideSet(nn.Module):
             for key, value in out.metrics.items():
                 metrics[f"guide/{name}/{key}"] = float(value)
         if self.balance and len(weighted) > 1:
-            total, scales, norms, target = balance_guides(
+            total, scales, norms, grad_target = balance_guides(
                 weighted, cls, per_rank=self.balance_per_rank, weights={n: s.weight for n, s in self.specs.items()},
                 norm_ema=self.balance_ema,
             )
@@ -111,7 +119,7 @@ class GuideSet(nn.Module):
                 if averaged is not None:
                     metrics[f"guide/{name}/grad_norm_ema"] = averaged[i]  # 0-d tensor: read only when logged
                 weighted[name] = weighted[name] * scales[name]
-            metrics["guide/grad_norm_target"] = target
+            metrics["guide/grad_norm_target"] = grad_target
         else:
             total = torch.stack(list(weighted.values())).sum()
         return total, weighted, metrics
@@ -121,6 +129,6 @@ class GuideSet(nn.Module):
         """State updates of a finite step: prototype banks learn from the teacher CLS of the global crops (crop 0,
         then crop 1), and EMA balancing stores the averages of the last forward."""
         for name in self.specs:
-            self.heads[name].update(teacher_cls, *targets[name])
+            self._head(name).update(teacher_cls, *targets[name])
         if self.balance_ema is not None:
             self.balance_ema.commit()

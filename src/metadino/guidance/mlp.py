@@ -58,7 +58,8 @@ class _MLPHead(GuideHead):
 
     def forward(self, x: Tensor, lam: float = 1.0) -> Tensor:
         """Args: x [..., in_dim]. Returns [..., out_dim]; the backward into x is scaled by `lam`."""
-        return self.mlp(scale_gradient(x, lam))
+        out: Tensor = self.mlp(scale_gradient(x, lam))
+        return out
 
 
 class MLPClassifier(_MLPHead):
@@ -109,6 +110,8 @@ class MLPRegressor(_MLPHead):
     """GRL -> MLP -> optional sigmoid/tanh; MSE to targets mapped to [0, 1] by (y − min)/(max − min + 1e-8)."""
 
     kind = "regression"
+    target_min: Tensor
+    target_max: Tensor
 
     def __init__(
         self,

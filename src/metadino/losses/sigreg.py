@@ -20,6 +20,7 @@ parameter gradient after DDP averaging is 1/W of the global-batch gradient. One 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -39,14 +40,14 @@ class _AllReduceSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, group: dist.ProcessGroup | None) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, group: dist.ProcessGroup | None) -> Tensor:
         ctx.group = group
         out = x.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
         return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         grad = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         return grad, None
@@ -78,7 +79,8 @@ class SIGReg(nn.Module):
         gen = torch.Generator(device=device)
         gen.manual_seed(int(seed_step) if seed_step is not None else DEFAULT_SIGREG_SEED)
         a = torch.randn(dim, self.num_slices, generator=gen, device=device, dtype=dtype)
-        return a / a.norm(p=2, dim=0)
+        unit: Tensor = a / a.norm(p=2, dim=0)
+        return unit
 
     def forward(self, z: Tensor, seed_step: int | None = None, group: dist.ProcessGroup | None = None) -> Tensor:
         """SIGReg loss of the (global) batch.
@@ -112,7 +114,8 @@ class SIGReg(nn.Module):
                 count = torch.tensor(float(n), device=z.device)
                 dist.all_reduce(count, op=dist.ReduceOp.SUM, group=group)
                 n_total = count.item()
-                sums = _AllReduceSum.apply(sums, group)
+                # torch leaves Function.apply unannotated; _AllReduceSum.forward returns a Tensor
+                sums = _AllReduceSum.apply(sums, group)  # type: ignore[no-untyped-call]
             else:
                 n_total = float(n)
             if n_total == 0:

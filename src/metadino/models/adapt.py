@@ -183,7 +183,9 @@ def apply_lora(
     root = backbone.weights_module
     names = list(target_names) if target_names is not None else resolve_target_names(
         root, list(backbone.blocks), targets, skip_blocks=skip_blocks)
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none")
+    # peft annotates lora_alpha as int, but only ever divides by it (scaling = alpha / r): a float alpha is fine
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]
+                        target_modules=names, bias="none")
     inject_adapter_in_model(config, root, adapter_name=_ADAPTER)
     backbone.train(backbone.training)  # the new dropout modules start in train mode; follow the backbone
     _set_trainable(backbone, False)
@@ -296,7 +298,9 @@ def save_adapter(
             state[f"{_PEFT_PREFIX}{norm}.{pname}"] = p
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / ADAPTER_WEIGHTS_FILE),
               metadata={"format": "pt"})
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none",
+    # peft annotates lora_alpha as int; a float works (scaling = alpha / r)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]
+                        target_modules=names, bias="none",
                         modules_to_save=[norm] if train_norm else None)
     config.save_pretrained(str(directory))
     meta = {

@@ -103,6 +103,7 @@ def load_directory(directory: Path, **kw: Any) -> Backbone:
 
 def is_builtin_export(directory: Path) -> bool:
     try:
-        return json.loads((directory / "config.json").read_text()).get("metadino_backbone") == "builtin"
+        builtin: bool = json.loads((directory / "config.json").read_text()).get("metadino_backbone") == "builtin"
+        return builtin
     except (OSError, ValueError, AttributeError):
         return False

@@ -35,7 +35,7 @@ class GlobalBatchNorm(nn.Module):
             if is_distributed():
                 from torch.distributed.nn.functional import all_reduce  # autograd-aware
 
-                stats = all_reduce(stats)
+                stats = all_reduce(stats)  # type: ignore[no-untyped-call]  # unannotated in torch
             d = xf.shape[1]
             count = stats[-1].detach().clamp_min(1.0)
             mean = stats[:d] / count

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,9 @@ from torch import Tensor, nn
 from metadino.errors import UserError
 from metadino.models.backbone import Backbone, Tokens
 from metadino.models.channels import expand_patch_embed_weight
+
+if TYPE_CHECKING:  # transformers is imported lazily at run time (it is slow to import)
+    from transformers import PreTrainedModel
 
 __all__ = ["SUPPORTED_HF_CLASSES", "HFBackbone", "hf_from_config", "load_hf"]
 
@@ -69,7 +72,7 @@ class HFBackbone(Backbone):
 
     kind = "hf"
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
         super().__init__()
         name = type(model).__name__
         if name not in SUPPORTED_HF_CLASSES:
@@ -125,24 +128,25 @@ class HFBackbone(Backbone):
         masks = self._check_inputs(images, None)
         out = self.model(pixel_values=images, bool_masked_pos=self._masked_pos(masks), output_hidden_states=True)
         # The last `depth` entries are the block outputs (pre-norm) whether or not the embeddings are included.
-        hidden = list(out.hidden_states)[-self.depth:]
+        hidden: list[Tensor] = list(out.hidden_states)[-self.depth:]
         if not 1 <= n <= len(hidden):
             raise ValueError(f"n must be in [1, {len(hidden)}], got {n}")
         norm = self._final_norm()
         return [self._split(norm(h)) for h in hidden[-n:]]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        # transformers >= 5.23 renamed gradient_checkpointing_* to activation_checkpointing_* (old names warn)
+        # transformers >= 5.23 renamed gradient_checkpointing_* to activation_checkpointing_* (old names warn).
+        # The type: ignores: transformers leaves these methods unannotated.
         if enable:
             kwargs = {"use_reentrant": False}
             if hasattr(self.model, "activation_checkpointing_enable"):
                 self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
-                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)  # type: ignore[no-untyped-call]
         elif hasattr(self.model, "activation_checkpointing_disable"):
-            self.model.activation_checkpointing_disable()
+            self.model.activation_checkpointing_disable()  # type: ignore[no-untyped-call]
         else:
-            self.model.gradient_checkpointing_disable()
+            self.model.gradient_checkpointing_disable()  # type: ignore[no-untyped-call]
 
     def save_pretrained(self, directory: str | Path) -> None:
         # transformers' own format: AutoModel.from_pretrained(directory) loads it (legacy key names on disk).
@@ -167,9 +171,10 @@ class HFBackbone(Backbone):
         }
 
 
-def _expand_hf_channels(model: nn.Module, in_chans: int, mode: str, source: str) -> None:
+def _expand_hf_channels(model: PreTrainedModel, in_chans: int, mode: str, source: str) -> None:
     """Replace the patch-embedding conv of an HF model by an expanded one and update its config."""
-    convs = [(n, m) for n, m in model.embeddings.named_modules() if isinstance(m, nn.Conv2d)]
+    embeddings = model.get_submodule("embeddings")
+    convs = [(n, m) for n, m in embeddings.named_modules() if isinstance(m, nn.Conv2d)]
     if len(convs) != 1:
         raise TypeError(f"expected one patch-embedding conv in {type(model).__name__}, found {len(convs)}")
     name, old = convs[0]
@@ -177,17 +182,19 @@ def _expand_hf_channels(model: nn.Module, in_chans: int, mode: str, source: str)
     if 1 < in_chans < cur:
         raise UserError(f"{source} has {cur} input channels and cannot be shrunk to in_chans={in_chans}; "
                         f"use in_chans >= {cur} or 1 (or select {cur} channels in the data)")
-    new = nn.Conv2d(in_chans, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
+    kh, kw = old.kernel_size  # a Conv2d's sizes are pairs (typed tuple[int, ...] in torch)
+    sh, sw = old.stride
+    new = nn.Conv2d(in_chans, old.out_channels, kernel_size=(kh, kw), stride=(sh, sw),
                     bias=old.bias is not None).to(device=old.weight.device, dtype=old.weight.dtype)
     with torch.no_grad():
         new.weight.copy_(expand_patch_embed_weight(old.weight, in_chans, mode=mode))
-        if old.bias is not None:
+        if old.bias is not None and new.bias is not None:  # both or neither
             new.bias.copy_(old.bias)
-    parent = model.embeddings.get_submodule(name.rpartition(".")[0]) if "." in name else model.embeddings
+    parent = embeddings.get_submodule(name.rpartition(".")[0]) if "." in name else embeddings
     setattr(parent, name.rpartition(".")[2], new)
-    for m in model.embeddings.modules():  # Dinov2PatchEmbeddings checks its own num_channels
+    for m in embeddings.modules():  # Dinov2PatchEmbeddings checks its own num_channels
         if hasattr(m, "num_channels"):
-            m.num_channels = in_chans
+            m.num_channels = in_chans  # type: ignore[assignment]  # torch types Module.__setattr__ for Tensor/Module only
     model.config.num_channels = in_chans
 
 
@@ -265,4 +272,5 @@ def hf_from_config(config: Mapping[str, Any], *, drop_path_rate: float = 0.0) ->
     if drop_path_rate:
         hf["drop_path_rate"] = drop_path_rate
     cfg = AutoConfig.for_model(model_type, **hf)
-    return HFBackbone(AutoModel.from_config(cfg, attn_implementation="sdpa"))
+    # transformers leaves from_config unannotated (it returns a PreTrainedModel)
+    return HFBackbone(AutoModel.from_config(cfg, attn_implementation="sdpa"))  # type: ignore[no-untyped-call]

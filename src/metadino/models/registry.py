@@ -73,7 +73,8 @@ def _builtin(name: str, o: BackboneOptions) -> Backbone:
         raise UserError(f"image_size={o.image_size} must be >= patch_size={o.patch_size} >= 1")
     return VisionTransformer(in_chans=3 if o.in_chans is None else o.in_chans, patch_size=o.patch_size,
                              image_size=o.image_size, drop_path_rate=o.drop_path_rate, num_registers=o.num_registers,
-                             layerscale_init=o.layerscale_init, **arch)
+                             layerscale_init=o.layerscale_init, embed_dim=arch["embed_dim"], depth=arch["depth"],
+                             num_heads=arch["num_heads"])
 
 
 def _foundation(name: str, o: BackboneOptions) -> Backbone:

@@ -39,7 +39,8 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, C, H, W] -> [B, N, D]."""
-        return self.proj(x).flatten(2).transpose(1, 2)
+        y: Tensor = self.proj(x)
+        return y.flatten(2).transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -54,7 +55,8 @@ class Attention(nn.Module):
         b, t, d = x.shape
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, H, T, hd]
-        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+        y: Tensor = self.proj(out.transpose(1, 2).reshape(b, t, d))
+        return y
 
 
 class Mlp(nn.Module):
@@ -65,7 +67,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        y: Tensor = self.fc2(self.act(self.fc1(x)))
+        return y
 
 
 class LayerScale(nn.Module):
@@ -108,8 +111,10 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        attn: Tensor = self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        x = x + attn
+        mlp: Tensor = self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        return x + mlp
 
 
 class VisionTransformer(Backbone):
@@ -215,8 +220,10 @@ class VisionTransformer(Backbone):
 
     def _run_block(self, blk: nn.Module, x: Tensor) -> Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(blk, x, use_reentrant=False)
-        return blk(x)
+            checkpointed: Tensor = checkpoint(blk, x, use_reentrant=False)
+            return checkpointed
+        out: Tensor = blk(x)
+        return out
 
     def _split(self, x: Tensor) -> Tokens:
         r = self.num_registers
