@@ -1,8 +1,8 @@
-"""Gradient-norm balancing of the guide losses at the student CLS (spec §5).
+"""Gradient-norm balancing of the guide losses at the student CLS (FINO, arXiv 2606.05107).
 
 Every guide's gradient at the anchor z (the student CLS all guides read) is rescaled to the geometric mean G
 of the guides' gradient norms: s_i = G / g_i, total = Σ s_i ℓ_i with the s_i as constants. The relative guide
-weights therefore only enter through G (spec §0.3).
+weights therefore only enter through G (as in FINO's released code).
 
 Distributed convention (default, deliberate deviation from the reference): the norms are those of the
 gradient of the objective DDP actually optimises, (1/W) Σ_r ℓ_r, with respect to the anchors of all ranks:

@@ -1,4 +1,4 @@
-"""Gradient scaling layer (spec §3): identity forward, λ·grad backward.
+"""Gradient scaling layer (gradient reversal, DANN, Ganin & Lempitsky 2015): identity forward, λ·grad backward.
 
 With λ < 0 this is the gradient reversal layer of DANN. Guide heads apply it to their *input*, so the
 backbone receives λ·∂L/∂x while the head's own parameters get the unscaled ∂L/∂θ.

@@ -1,6 +1,6 @@
 """A set of metadata guides: per-column heads, signs, weights, conditioning and balancing.
 
-Each guide reads the student CLS of the global crops (reference §0.1), or the DINO-head logits for
+Each guide reads the student CLS of the global crops (as in FINO's code), or the DINO-head logits for
 ``grl_space: prototype``. Informative guides pull their column into the representation (+λ);
 spurious guides push it out by gradient reversal (−λ) and use the reference's weight rule
 (``w_eff = weight / spurious_weight_divisor``, 10 in the reference). A spurious guide with

@@ -1,4 +1,4 @@
-"""λ schedule of the guide gradients (spec §4)."""
+"""λ schedule of the guide gradients (DANN, Ganin & Lempitsky 2015, as used by FINO)."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ def _all_reduce(x: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM,
 
 def sinkhorn_knopp(teacher_logits: Tensor, teacher_temp: float, n_iterations: int = 3,
                    group: dist.ProcessGroup | None = None) -> Tensor:
-    """Sinkhorn-Knopp normalization of teacher logits (spec §7), exact across ranks.
+    """Sinkhorn-Knopp normalization of teacher logits (DINOv2, Oquab et al. 2023), exact across ranks.
 
     Args:
         teacher_logits: [n, K] logits; n may be 0 on some ranks (iBOT: no masked token here).

@@ -1,4 +1,4 @@
-"""DINO cross-entropy between teacher crop probabilities and student crop predictions (spec §7)."""
+"""DINO cross-entropy between teacher crop probabilities and student crop predictions (DINOv2, Oquab et al. 2023)."""
 
 from __future__ import annotations
 

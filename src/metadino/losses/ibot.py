@@ -1,4 +1,4 @@
-"""iBOT masked-patch cross-entropy (spec §7)."""
+"""iBOT masked-patch cross-entropy (DINOv2, Oquab et al. 2023)."""
 
 from __future__ import annotations
 

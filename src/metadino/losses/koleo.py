@@ -1,4 +1,4 @@
-"""KoLeo nearest-neighbour spreading regularizer (spec §7)."""
+"""KoLeo nearest-neighbour spreading regularizer (DINOv2, Oquab et al. 2023)."""
 
 from __future__ import annotations
 

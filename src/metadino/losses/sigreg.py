@@ -1,10 +1,11 @@
-"""SIGReg: sketched isotropic-Gaussian regularizer via the empirical characteristic function (spec §6).
+"""SIGReg: sketched isotropic-Gaussian regularizer via the empirical characteristic function (LeJEPA,
+Balestriero & LeCun 2025; used by FINO, arXiv 2606.05107).
 
 For z [N, D], project on S random unit directions A [D, S], P = z A, and compare the empirical
 characteristic function ECF(t) = mean_n exp(i P t) of every slice with the standard normal's φ(t) = exp(−t²/2)
 on 17 knots t ∈ [−5, 5]:  loss = mean_s ∫ ((Re ECF − φ)² + (Im ECF)²) φ(t) dt  (trapezoid rule).
 
-Distributed convention (world size W > 1, deliberate deviation from the reference, spec §0.2):
+Distributed convention (world size W > 1, a deliberate deviation from FINO's released code):
 the per-rank sums Σ_n cos/sin(P t) are all-reduced with a *differentiable* SUM and divided by the all-reduced
 row count, so every rank's loss value is the loss of the global batch (exact also for unequal per-rank N).
 The backward of a SUM all-reduce is a SUM all-reduce of the (identical) upstream gradients, so the gradient a

@@ -131,7 +131,7 @@ class Backbone(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def intermediate_layers(self, images: Tensor, n: int = 4) -> list[Tokens]:
-        """Tokens of the last ``n`` blocks, each through the final norm (attention-pooling probe, spec §11).
+        """Tokens of the last ``n`` blocks, each through the final norm (the attention-pooling probe of DINOv3/FINO evaluation).
 
         Args:
             images: [B, C, H, W] as in ``forward``.

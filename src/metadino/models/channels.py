@@ -1,4 +1,5 @@
-"""Channel expansion of a patch embedding: N-channel input from a 3-channel checkpoint (spec §8).
+"""Channel expansion of a patch embedding: N-channel input from a 3-channel checkpoint (as FINO
+adapts RGB foundations to 4-channel microscopy).
 
 The new input channels get the mean of the existing filters (appended at the end), and the whole
 weight is scaled by ``C_old / C_new``. That scaling keeps the sum of filters over channels unchanged,

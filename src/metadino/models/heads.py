@@ -1,4 +1,4 @@
-"""DINO / iBOT projection head (spec §6).
+"""DINO / iBOT projection head (DINOv2, Oquab et al. 2023; FINO's variant, arXiv 2606.05107).
 
 The iBOT head is another :class:`DINOHead` instance; whether it is shared with the DINO head is the
 caller's decision.

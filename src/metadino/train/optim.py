@@ -24,7 +24,7 @@ class GroupKey:
 
 def _wd_mult(name: str, param: torch.Tensor) -> float:
     # Biases, norms and layer-scale vectors are not decayed (DINOv2 convention); tokens and
-    # position embeddings are (as in the reference, §8).
+    # position embeddings are (as in FINO's released code).
     return 0.0 if param.ndim <= 1 or name.endswith("bias") or "norm" in name else 1.0
 
 
@@ -47,7 +47,7 @@ def build_param_groups(
     of block i (``...lora_A/lora_B...``) get block i's layer id and are weight-decayed like any weight
     matrix, which pulls the adapted model towards its pretrained base.
 
-    Stage flags (reference §8): every backbone parameter is ``stage_frozen`` except the patch embedding
+    Stage flags (FINO's two-stage finetune): every backbone parameter is ``stage_frozen`` except the patch embedding
     when ``train_patch_embed`` and the learned tokens when not ``freeze_tokens``; with
     ``unfreeze_last_n_blocks = n > 0`` everything outside the last n blocks is ``always_frozen``.
     "Frozen" means LR 0, not ``requires_grad=False``: gradients and Adam moments stay warm.

@@ -32,7 +32,7 @@ def linear_warmup(step: int, *, start: float, end: float, warmup: int) -> float:
 
 
 def backbone_lr_scale(step: int, *, heads_only_steps: int, ramp_steps: int) -> float:
-    """Two-stage finetune (reference §8): 0 during the heads-only stage, then a linear ramp to 1.
+    """Two-stage finetune (FINO, arXiv 2606.05107): 0 during the heads-only stage, then a linear ramp to 1.
 
     At ``step = heads_only_steps + k`` (k < ramp_steps) the scale is ``(k + 1) / ramp_steps``.
     """

@@ -275,7 +275,7 @@ class SSLTask(nn.Module):
             terms["gram"] = self.gram_loss(out["global_patches"], anchor)
             total = total + self.weights["gram"] * terms["gram"]
         if self.sigreg is not None:
-            # Reference §6: weight x n_global x mean over global crops, on the pre-norm bottleneck.
+            # FINO's code: weight x n_global x mean over global crops, on the pre-norm bottleneck.
             per_crop = [self.sigreg(z, seed_step=step) for z in out["bottleneck"].chunk(n_g)]
             terms["sigreg"] = torch.stack(per_crop).mean() * n_g
             total = total + self.weights["sigreg"] * terms["sigreg"]
