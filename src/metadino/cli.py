@@ -18,7 +18,7 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "train",
         help="continue self-supervised training of a backbone on your images",
@@ -44,7 +44,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "export",
         help="write a run's backbone as a standalone model directory",
@@ -70,7 +70,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--adapter-only", action="store_true", help="LoRA runs: write only the adapters (peft format)")
 
 
-def _add_embed(sub: argparse._SubParsersAction) -> None:
+def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "embed",
         help="embed every image of a table with a model",
@@ -97,7 +97,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
         help="adapt the shipped foundation to a new microscopy domain: frozen vs plain vs FINO, on held-out plates (CPU)",
@@ -127,7 +127,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="tiny data and a few steps (for tests)")
 
 
-def _add_eval(sub: argparse._SubParsersAction) -> None:
+def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "eval",
         help="probe a model's frozen features on your labelled subset (k-NN, linear, attention pooling, leakage)",
@@ -184,7 +184,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _add_inspect(sub: argparse._SubParsersAction) -> None:
+def _add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "inspect",
         help="audit a metadata table before training and suggest a guidance: block",
@@ -209,7 +209,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     _add_table_options(p)
 
 
-def _add_config(sub: argparse._SubParsersAction) -> None:
+def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "config",
         help="list the config keys with their type, default and meaning",
@@ -396,8 +396,8 @@ def _quiet_libraries() -> None:
     try:
         from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # unannotated in transformers
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
 

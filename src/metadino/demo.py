@@ -28,9 +28,11 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypedDict
 
 from metadino.config import config_from_dict, read_yaml
 from metadino.data.synthetic import generate_dataset
@@ -42,7 +44,15 @@ from metadino.train.loop import train
 
 MARKER = ".metadino-demo"
 FOUNDATION = "metadino:synthcell-vit-tiny"
-DEMO_DATA = {"n_images": 2000, "image_size": 64, "channels": 4}  # the target domain; its seed is --seed
+class DemoData(TypedDict):
+    """The size of the demo's target domain (arguments of :func:`~metadino.data.synthetic.generate_dataset`)."""
+
+    n_images: int
+    image_size: int
+    channels: int
+
+
+DEMO_DATA: DemoData = {"n_images": 2000, "image_size": 64, "channels": 4}  # the target domain; its seed is --seed
 STEPS = 120
 LEAKAGE_COLUMNS = ("plate", "cell_line", "antibody")
 CONDITIONAL = {"plate": ["cell_line"]}  # plate beyond what the cell line explains
@@ -68,14 +78,14 @@ QUICK = {
 }
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in extra.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
-def arm_config(arm: str, table: Path, *, steps: int, seed: int, quick: bool) -> dict:
+def arm_config(arm: str, table: Path, *, steps: int, seed: int, quick: bool) -> dict[str, Any]:
     """The shipped config of `arm` (plain: continued DINOv2 from the foundation, two-stage; fino: + antibody
     prototype bank and SIGReg; fino_plate: + plate adversary given the cell line) on `table`, for `steps` and `seed`."""
     shipped = read_yaml(Path(str(resources.files("metadino.configs") / CONFIG_FILES[arm])))
@@ -84,7 +94,9 @@ def arm_config(arm: str, table: Path, *, steps: int, seed: int, quick: bool) -> 
     return _merge(_merge(shipped, run), QUICK if quick else {})
 
 
-CONFIGS = {arm: partial(arm_config, arm) for arm in CONFIG_FILES}  # arm -> config builder (the study adds arms)
+# (table, *, steps, seed, quick) -> the arm's plain config
+ConfigBuilder = Callable[..., dict[str, Any]]
+CONFIGS: dict[str, ConfigBuilder] = {arm: partial(arm_config, arm) for arm in CONFIG_FILES}  # the study adds arms
 
 
 def _prepare_out(out: Path) -> None:
@@ -95,7 +107,7 @@ def _prepare_out(out: Path) -> None:
     (out / MARKER).write_text("written by metadino demo; safe to delete\n")
 
 
-def evaluate_arm(model: str, table: Path, out: Path, seed: int, title: str) -> dict:
+def evaluate_arm(model: str, table: Path, out: Path, seed: int, title: str) -> dict[str, Any]:
     return evaluate(
         model, partial(load_model, model), table=table, label_column="label", train_rows={"split": "train"}, test_rows={"split": "test"},
         group_column="plate", probes=("knn", "linear"), leakage_columns=LEAKAGE_COLUMNS, conditional_leakage=CONDITIONAL,
@@ -117,12 +129,12 @@ ROWS = [
 ]
 
 
-def metric(result: dict, path: tuple[str, str]) -> float:
+def metric(result: dict[str, Any], path: tuple[str, str]) -> float:
     value = result[path[0]][path[1]]
     return float(value["value"] if isinstance(value, dict) else value)
 
 
-def comparison_table(results: dict[str, dict]) -> str:
+def comparison_table(results: dict[str, dict[str, Any]]) -> str:
     arms = list(results)
     deltas = [a for a in ("fino", "fino_plate") if a in results and "plain" in results]
     head = "| metric | " + " | ".join(arms) + "".join(f" | {a} - plain" for a in deltas) + " |"
@@ -143,21 +155,21 @@ def _peak_rss_mb() -> float:
 
 
 def run_demo(out: str | Path, *, steps: int | None = None, seed: int = 0, quick: bool = False,
-             arms: tuple[str, ...] = ARMS, configs: dict | None = None) -> dict:
+             arms: tuple[str, ...] = ARMS, configs: dict[str, ConfigBuilder] | None = None) -> dict[str, Any]:
     """Run the demo into `out`; `arms` and `configs` (arm -> config builder) let the efficacy study add arms."""
     out = Path(out)
     steps = steps if steps is not None else (6 if quick else STEPS)
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}.")
-    builders = {**CONFIGS, **(configs or {})}
+    builders: dict[str, ConfigBuilder] = {**CONFIGS, **(configs or {})}
     _prepare_out(out)
     t0 = time.perf_counter()
     n = len(arms) + 1
     print(f"[1/{n}] generating the target domain (seed {seed}) in {out / 'data'}; starting point: {FOUNDATION} ...")
-    data = dict(DEMO_DATA, n_images=240) if quick else DEMO_DATA
+    data: DemoData = {**DEMO_DATA, "n_images": 240} if quick else DEMO_DATA
     table = generate_dataset(out / "data", seed=seed, **data)
-    runs: dict[str, dict] = {}
-    results: dict[str, dict] = {}
+    runs: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for i, arm in enumerate(arms):
         print(f"[{i + 2}/{n}] {arm}: {TITLES.get(arm, arm)}" + ("" if arm == "frozen" else f", {steps} steps") + " ...")
         model = FOUNDATION

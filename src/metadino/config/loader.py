@@ -12,14 +12,20 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 
 from metadino.config.schema import Config
 from metadino.config.validate import validate
 from metadino.errors import UserError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_T = TypeVar("_T", bound="DataclassInstance")
 
 # Keys that may change when a run is resumed; anything else must match the saved config.
 RESUMABLE_CHANGES = frozenset(
@@ -110,7 +116,7 @@ def convert(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; return it converted (lists -> tuples, ints -> floats, ...)."""
     origin = typing.get_origin(tp)
     bad = UserError(f"config key '{key}': expected {type_name(tp)}, got {value!r}.")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise bad
         return from_plain(tp, value, key)
@@ -129,9 +135,10 @@ def convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 
-def field_key(f: dataclasses.Field) -> str:
+def field_key(f: dataclasses.Field[Any]) -> str:
     """The YAML key of a field (`lambda` is a Python keyword, so its field is `lambda_`)."""
-    return f.metadata.get("key", f.name)
+    key: str = f.metadata.get("key", f.name)
+    return key
 
 
 def _unknown_key(cls: type, name: str, prefix: str) -> UserError:
@@ -141,7 +148,7 @@ def _unknown_key(cls: type, name: str, prefix: str) -> UserError:
     return UserError(f"unknown config key '{prefix}{name}'.{hint}")
 
 
-def from_plain(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+def from_plain(cls: type[_T], data: dict[str, Any], prefix: str = "") -> _T:
     """Build the dataclass `cls` from nested plain data; `prefix` is the dotted path of `data` in messages."""
     hints = typing.get_type_hints(cls)
     by_key = {field_key(f): f.name for f in dataclasses.fields(cls)}
@@ -157,19 +164,21 @@ def from_plain(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise UserError(f"config section '{prefix or '(top level)'}' is incomplete: {e}.") from None
 
 
+def to_plain(v: Any) -> Any:
+    """`v` as plain data for YAML: dataclasses become dicts (by YAML key), tuples lists; other values stay."""
+    if dataclasses.is_dataclass(v):
+        return {field_key(f): to_plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, (list, tuple)):
+        return [to_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: to_plain(x) for k, x in v.items()}
+    return v
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict (tuples become lists) suitable for YAML; works for any dataclass."""
-
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {field_key(f): plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(cfg)
+    out: dict[str, Any] = to_plain(cfg)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,7 +250,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """YAML file (or defaults when None) + dotted overrides -> validated config.
 
     A relative `data.table` in the YAML file is resolved against the file's folder, so configs

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from metadino.config.loader import config_to_dict, field_key
+from metadino.config.loader import field_key, to_plain
 from metadino.config.schema import Config
 from metadino.errors import UserError
 
@@ -64,12 +64,16 @@ def type_text(tp: Any) -> str:
 
 def yaml_text(value: Any) -> str:
     """`value` as it would be written in a config file (it loads back as the same value)."""
-    text = yaml.safe_dump(config_to_dict(value), default_flow_style=True, width=10**6).strip()
+    text: str = yaml.safe_dump(to_plain(value), default_flow_style=True, width=10**6).strip()
     return text.removesuffix("\n...").strip()
 
 
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"config field '{f.name}' has no default")
 
 
 def entries(cls: type = Config, prefix: str = "") -> list[Entry]:
@@ -79,13 +83,13 @@ def entries(cls: type = Config, prefix: str = "") -> list[Entry]:
     for f in dataclasses.fields(cls):
         tp, key = hints[f.name], f"{prefix}{field_key(f)}"
         help_text = " ".join(f.metadata.get("help", "").split())
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             out.append(Entry(key, "section", "", help_text, True))
             out += entries(tp, f"{key}.")
             continue
         out.append(Entry(key, type_text(tp), yaml_text(_default(f)), help_text, False))
         item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
-        if dataclasses.is_dataclass(item):  # a list of sections: document the fields of one item
+        if isinstance(item, type) and dataclasses.is_dataclass(item):  # a list of sections: document the fields of one item
             out += entries(item, f"{key}[].")
     return out
 

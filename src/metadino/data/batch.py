@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -33,8 +34,8 @@ class Batch:
     index: Tensor | None = None
     targets: dict[str, Target] = field(default_factory=dict)
 
-    def _map(self, fn) -> Batch:
-        def move(v):
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> Batch:
+        def move(v: Any) -> Any:
             return fn(v) if isinstance(v, Tensor) else v
 
         kw = {f.name: move(getattr(self, f.name)) for f in fields(self) if f.name != "targets"}

@@ -48,7 +48,7 @@ def load_checked_image(table: MetadataTable, index: int, in_chans: int) -> torch
     return image
 
 
-class SSLDataset(Dataset):
+class SSLDataset(Dataset[dict[str, Any]]):
     """Rows of a metadata table -> multi-crop views. Indexed by ``(epoch, row index)``.
 
     ``regions`` (from :func:`metadino.data.regions.load_regions` on the same table) gives each row's
@@ -158,7 +158,7 @@ class StepSampler(Sampler[list[tuple[int, int]]]):
             yield self.batch(step)
 
 
-class EvalDataset(Dataset):
+class EvalDataset(Dataset[torch.Tensor]):
     """Row i -> the deterministic evaluation view of its image (resize, centre crop, normalise)."""
 
     def __init__(self, table: MetadataTable, *, image_size: int, in_chans: int, photometric: Photometric):

@@ -77,9 +77,10 @@ def _read_pil(path: Path) -> np.ndarray:
     """PNG/JPEG -> ``[C, H, W]`` array with the file's integer dtype."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        img.load()  # force the full decode here so truncation is caught inside the caller's guard
-        mode = img.mode
+    with Image.open(path) as opened:
+        opened.load()  # force the full decode here so truncation is caught inside the caller's guard
+        mode = opened.mode
+        img: Image.Image = opened
         if mode == "P":
             img = img.convert("RGB")
         elif mode == "PA":

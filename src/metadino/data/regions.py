@@ -327,9 +327,9 @@ def _read_boxes(table: MetadataTable, columns: list[str]) -> np.ndarray:
         boxes[i] = numbers
     if not_numbers:
         assert first_bad is not None
-        row, column, value = first_bad
+        bad_row, column, value = first_bad
         raise UserError(
-            f"{name}: bounding-box cells are not finite numbers in {_rows(not_numbers)} (e.g. row {row}, column "
+            f"{name}: bounding-box cells are not finite numbers in {_rows(not_numbers)} (e.g. row {bad_row}, column "
             f"'{column}' holds {value!r}); write pixel coordinates, or leave all four cells of a row empty"
         )
     if partial:

@@ -52,11 +52,14 @@ import contextlib
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from metadino.errors import UserError
 from metadino.files import claim_output_dir
@@ -190,8 +193,8 @@ def generate_dataset(
     return table_path
 
 
-def _marker(parameters: dict, channels: int, table: pd.DataFrame, lines: list[_CellLine],
-            antibodies: list[_Antibody], plates: list[_Plate]) -> dict:
+def _marker(parameters: dict[str, Any], channels: int, table: pd.DataFrame, lines: list[_CellLine],
+            antibodies: list[_Antibody], plates: list[_Plate]) -> dict[str, Any]:
     """The content of ``generator.json``: the parameters and the drawn factors."""
     return {
         "generator": "metadino.data.synthetic",
@@ -241,13 +244,14 @@ def _render_images(out: Path, table: pd.DataFrame, ab_of_row: np.ndarray, lines:
 # ---------------------------------------------------------------------------------- arguments & io
 
 
-def _one_blas_thread() -> contextlib.AbstractContextManager:
+def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
     """The matmuls here are small: threaded BLAS only adds overhead (8x slower on a busy 2-core machine)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # scikit-learn brings it; without it, run as is
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    limits: contextlib.AbstractContextManager[object] = threadpool_limits(limits=1, user_api="blas")
+    return limits
 
 
 def _check_args(n_images: int, image_size: int, channels: int, n_cell_lines: int, n_antibodies: int,
@@ -290,14 +294,14 @@ def _write_images(out: Path, paths: list[str], images: np.ndarray, channels: int
     if channels == 4:
         import tifffile
 
-        data = np.round(images * 65535.0).astype(np.uint16)
-        for rel, arr in zip(paths, data):
+        data16 = np.round(images * 65535.0).astype(np.uint16)
+        for rel, arr in zip(paths, data16):
             tifffile.imwrite(out / rel, arr, photometric="minisblack", planarconfig="separate", metadata=None)
     else:
         from PIL import Image
 
-        data = np.round(images[:, (0, 1, 3)] * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
-        for rel, arr in zip(paths, data):
+        data8 = np.round(images[:, (0, 1, 3)] * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
+        for rel, arr in zip(paths, data8):
             Image.fromarray(np.ascontiguousarray(arr)).save(out / rel, compress_level=1)
 
 
@@ -382,8 +386,8 @@ def _draw_table(rng: np.random.Generator, n_images: int, lines: list[_CellLine],
     per_plate = np.full(len(plates), n_images // len(plates))
     per_plate[: n_images % len(plates)] += 1
     by_label: dict[str, list[int]] = {}
-    for i, ab in enumerate(antibodies):
-        by_label.setdefault(ab.label, []).append(i)
+    for i, antibody in enumerate(antibodies):
+        by_label.setdefault(antibody.label, []).append(i)
     labels = [label for label in LABELS if label in by_label]
     suffix = ".tif" if channels == 4 else ".png"
 
@@ -458,7 +462,8 @@ def _smooth_noise(rng: np.random.Generator, n: int, size: int, grid: int) -> np.
     m = _interp_matrix(size, grid)
     coarse = rng.standard_normal((n, grid, grid), dtype=np.float32)
     field = m @ coarse @ m.T
-    return field / (field.std(axis=(1, 2), keepdims=True) + 1e-6)
+    noise: np.ndarray = field / (field.std(axis=(1, 2), keepdims=True) + 1e-6)
+    return noise
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -476,10 +481,12 @@ def _dots(ys: np.ndarray, xs: np.ndarray, sigma: np.ndarray, weight: np.ndarray,
     grid = np.arange(size, dtype=np.float32) + 0.5
     gy = np.exp(-0.5 * ((grid[None, None, :] - ys[..., None]) / sigma[..., None]) ** 2) * weight[..., None]
     gx = np.exp(-0.5 * ((grid[None, None, :] - xs[..., None]) / sigma[..., None]) ** 2)
-    return np.matmul(gy.transpose(0, 2, 1).astype(np.float32), gx.astype(np.float32))
+    image: np.ndarray = np.matmul(gy.transpose(0, 2, 1).astype(np.float32), gx.astype(np.float32))
+    return image
 
 
-def _ellipse_to_image(cx, cy, a, b, theta, u, v):
+def _ellipse_to_image(cx: np.ndarray, cy: np.ndarray, a: np.ndarray, b: np.ndarray, theta: np.ndarray,
+                      u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Map ellipse-local coordinates (u, v in units of the semi-axes) to image (x, y)."""
     c, s = np.cos(theta), np.sin(theta)
     return cx + a * u * c - b * v * s, cy + a * u * s + b * v * c
@@ -504,12 +511,12 @@ def _render(rng: np.random.Generator, size: int, lines: list[_CellLine], abs_: l
     return _acquire(rng, clean, plates, exposure, focus)
 
 
-def _column(items: list, name: str) -> np.ndarray:
+def _column(items: Sequence[object], name: str) -> np.ndarray:
     """[B, 1] float64 column of one attribute of each item (cell line, antibody)."""
     return np.array([getattr(item, name) for item in items])[:, None]
 
 
-def _e4(x) -> np.ndarray:
+def _e4(x: ArrayLike) -> np.ndarray:
     """A per-cell [B, K] array as float32 [B, K, 1, 1], to broadcast over the pixels."""
     return np.asarray(x, dtype=np.float32)[:, :, None, None]
 
@@ -624,9 +631,13 @@ class _Nucleoli:
     def mask(self, scale: np.ndarray, s: int) -> np.ndarray:
         """[B, S, S] in [0, 1], each image's nucleoli widened by its ``scale``."""
         n = self.present.shape[0]
-        flat = lambda x: x.reshape(n, -1)
-        return np.clip(_dots(flat(self.y), flat(self.x), flat(self.sigma * scale[:, None, None]), flat(self.present),
-                             s), 0, 1)
+
+        def flat(x: np.ndarray) -> np.ndarray:
+            return x.reshape(n, -1)
+
+        dots: np.ndarray = np.clip(_dots(flat(self.y), flat(self.x), flat(self.sigma * scale[:, None, None]),
+                                         flat(self.present), s), 0, 1)
+        return dots
 
 
 def _draw_nucleoli(rng: np.random.Generator, c: _Cells) -> _Nucleoli:
@@ -648,7 +659,8 @@ def _draw_nucleoli(rng: np.random.Generator, c: _Cells) -> _Nucleoli:
 def _nucleus_channel(rng: np.random.Generator, m: _CellMaps, nucleoli_mask: np.ndarray, s: int) -> np.ndarray:
     """Textured chromatin with darker nucleoli. [B, S, S]"""
     chromatin = _smooth_noise(rng, len(m.nuc), s, max(4, s // 5))
-    return m.nuc * (0.75 + 0.15 * chromatin) * (1.0 - 0.55 * nucleoli_mask)
+    channel: np.ndarray = m.nuc * (0.75 + 0.15 * chromatin) * (1.0 - 0.55 * nucleoli_mask)
+    return channel
 
 
 def _microtubules(rng: np.random.Generator, lines: list[_CellLine], m: _CellMaps, s: int) -> np.ndarray:
@@ -674,14 +686,17 @@ def _microtubules(rng: np.random.Generator, lines: list[_CellLine], m: _CellMaps
     idx = np.minimum((ang * profile_len).astype(np.int64), profile_len - 1).reshape(n, k, -1)
     fil = np.take_along_axis(profile.astype(f32), idx, axis=2).reshape(n, k, s, s)
     fil_k = np.clip(fil, 0, 1.3) * m.cell_k * (1.0 - 0.6 * m.nuc_k)
-    return np.clip((0.25 * m.cell + 0.75 * fil_k.max(axis=1)), 0, 1.2)
+    channel: np.ndarray = np.clip((0.25 * m.cell + 0.75 * fil_k.max(axis=1)), 0, 1.2)
+    return channel
 
 
 def _endoplasmic_reticulum(rng: np.random.Generator, c: _Cells, m: _CellMaps, s: int) -> np.ndarray:
     """A reticular network (ridges = zero crossings of band-limited noise), densest around the nucleus. [B, S, S]"""
     er_noise = _smooth_noise(rng, len(m.nuc), s, max(4, s // 6))
     reticulum = np.exp(-((er_noise / 0.45) ** 2))
-    return (0.3 + 0.7 * reticulum) * m.perinuclear * (1.0 - 0.7 * m.nuc) + 0.5 * _nuclear_rim(m.rn, m.cell_k, c.nrad)
+    channel: np.ndarray = (0.3 + 0.7 * reticulum) * m.perinuclear * (1.0 - 0.7 * m.nuc) + 0.5 * _nuclear_rim(
+        m.rn, m.cell_k, c.nrad)
+    return channel
 
 
 # ------------------------------------------------------------------------- protein channel (the label)
@@ -746,8 +761,9 @@ def _golgi(rng: np.random.Generator, s: int, i: np.ndarray, dot_size: np.ndarray
     gy = gy0[..., None] + rng.normal(0, 1, (len(i), k, _GOLGI_BLOBS)) * spread_g * 0.6
     sig = np.maximum(0.7, 0.05 * s * dot_size[i, None, None] * rng.uniform(0.6, 1.2, (len(i), k, _GOLGI_BLOBS)))
     w = np.repeat(c.exists[i][..., None], _GOLGI_BLOBS, axis=2) * rng.uniform(0.5, 1.0, (len(i), k, _GOLGI_BLOBS))
-    return np.clip(_dots(gy.reshape(len(i), -1), gx.reshape(len(i), -1), sig.reshape(len(i), -1),
-                         w.reshape(len(i), -1), s), 0, 1.2) * m.cell[i]
+    golgi: np.ndarray = np.clip(_dots(gy.reshape(len(i), -1), gx.reshape(len(i), -1), sig.reshape(len(i), -1),
+                                      w.reshape(len(i), -1), s), 0, 1.2) * m.cell[i]
+    return golgi
 
 
 def _vesicles(rng: np.random.Generator, s: int, i: np.ndarray, dot_size: np.ndarray, dot_count: np.ndarray,
@@ -762,8 +778,9 @@ def _vesicles(rng: np.random.Generator, s: int, i: np.ndarray, dot_size: np.ndar
                                c.theta[i, :, None], rv * np.cos(av), rv * np.sin(av))
     sig = np.maximum(0.6, 0.025 * s * dot_size[i, None, None] * rng.uniform(0.7, 1.3, (len(i), k, _MAX_DOTS)))
     w = on * rng.uniform(0.5, 1.0, on.shape)
-    return np.clip(_dots(vy.reshape(len(i), -1), vx.reshape(len(i), -1), sig.reshape(len(i), -1),
-                         w.reshape(len(i), -1), s), 0, 1.2)
+    vesicles: np.ndarray = np.clip(_dots(vy.reshape(len(i), -1), vx.reshape(len(i), -1), sig.reshape(len(i), -1),
+                                         w.reshape(len(i), -1), s), 0, 1.2)
+    return vesicles
 
 
 def _antibody_signature(rng: np.random.Generator, s: int, abs_: list[_Antibody], protein: np.ndarray,
@@ -786,7 +803,8 @@ def _antibody_signature(rng: np.random.Generator, s: int, abs_: list[_Antibody],
 def _nuclear_rim(rn: np.ndarray, cell_k: np.ndarray, nrad: np.ndarray) -> np.ndarray:
     """The nuclear envelope is continuous with the ER: a thin ring at the nucleus edge. [B, S, S]"""
     width = 0.8 / np.asarray(nrad, dtype=np.float32)[:, :, None, None]
-    return (np.exp(-0.5 * ((rn - 1.0) / width) ** 2) * cell_k).max(axis=1)
+    rim: np.ndarray = (np.exp(-0.5 * ((rn - 1.0) / width) ** 2) * cell_k).max(axis=1)
+    return rim
 
 
 def _blur_matrices(sigma: np.ndarray, size: int) -> np.ndarray:
@@ -802,7 +820,8 @@ def _blur_matrices(sigma: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros((len(sigma), size, size), dtype=np.float64)
     rows = np.broadcast_to(pos.astype(np.int64)[:, None], src.shape)
     for t in range(len(taps)):
-        np.add.at(out, (slice(None), rows[:, t], src[:, t]), weights[:, t : t + 1])
+        # numpy's stubs type the index of ufunc.at as integer arrays only; a tuple with a slice is valid numpy
+        np.add.at(out, (slice(None), rows[:, t], src[:, t]), weights[:, t : t + 1])  # type: ignore[arg-type]
     return out.astype(np.float32)
 
 
@@ -811,7 +830,9 @@ def _acquire(rng: np.random.Generator, clean: np.ndarray, plates: list[_Plate], 
     """Apply each image's plate batch effect and acquisition settings. clean: [B, 4, S, S]; returns [0, 1]."""
     n, c, s, _ = clean.shape
     f32 = np.float32
-    p = lambda name: np.array([getattr(pl, name) for pl in plates], dtype=np.float64)  # noqa: E731
+
+    def p(name: str) -> np.ndarray:
+        return np.array([getattr(pl, name) for pl in plates], dtype=np.float64)
 
     # Bleed-through into neighbouring channels (filter overlap).
     xt = p("crosstalk").astype(f32)[:, None, None, None]
@@ -836,4 +857,5 @@ def _acquire(rng: np.random.Generator, clean: np.ndarray, plates: list[_Plate], 
     signal = np.clip(img * field * gain, 0.0, None)
     shot = np.sqrt(signal * p("shot_noise").astype(f32)[:, None, None, None]) * rng.standard_normal(signal.shape, dtype=f32)
     read = p("read_noise").astype(f32)[:, None, None, None] * rng.standard_normal(signal.shape, dtype=f32)
-    return np.clip(signal + offset * field + shot + read, 0.0, 1.0).astype(f32)
+    acquired: np.ndarray = np.clip(signal + offset * field + shot + read, 0.0, 1.0).astype(f32)
+    return acquired

@@ -314,10 +314,10 @@ def _check_paths(paths: list[Path], row_numbers: list[int], name: str, column: s
     if check_files:
         missing = [r for p, r in zip(paths, row_numbers) if not os.path.isfile(p)]
         if missing:
-            example = paths[row_numbers.index(missing[0])]
+            missing_path = paths[row_numbers.index(missing[0])]
             raise UserError(
                 f"{name}: image files named in column '{column}' do not exist in {_rows(missing)} "
-                f"(e.g. {example}); fix the paths, pass the right root folder, or remove those rows"
+                f"(e.g. {missing_path}); fix the paths, pass the right root folder, or remove those rows"
             )
 
 

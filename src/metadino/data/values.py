@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,8 @@ def known_mask(values: Iterable[Any]) -> np.ndarray:
     if isinstance(values, pd.Series) and (
         pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_datetime64_any_dtype(values.dtype)
     ):
-        return values.notna().to_numpy()  # no strings in these dtypes: NaN/NA/NaT is the whole rule, vectorised
+        mask: np.ndarray = values.notna().to_numpy()
+        return mask  # no strings in these dtypes: NaN/NA/NaT is the whole rule, vectorised
     return np.asarray([not is_missing(v) for v in values], dtype=bool)
 
 
@@ -56,6 +57,10 @@ def split_labels(cell: Any, separator: str = DEFAULT_SEPARATOR) -> list[str]:
     return [t for t in (p.strip() for p in str(cell).split(separator)) if t]
 
 
+@overload
+def multilabel_separator(cells: Sequence[Any], default: str = ...) -> str: ...
+@overload
+def multilabel_separator(cells: Sequence[Any], default: None) -> str | None: ...
 def multilabel_separator(cells: Sequence[Any], default: str | None = DEFAULT_SEPARATOR) -> str | None:
     """The separator of multi-label cells, or `default` when the cells are not multi-label.
 

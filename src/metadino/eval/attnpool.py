@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,12 +53,12 @@ class AttentionPoolClassifier(nn.Module):
         self.num_heads = num_heads
         self.head_dim = hidden_dim // num_heads
         # skip_init: the default (kaiming) init would draw from the global RNG only to be overwritten.
-        self.input_proj = nn.utils.skip_init(nn.Linear, in_dim, hidden_dim)
+        self.input_proj = nn.utils.skip_init(nn.Linear, in_dim, hidden_dim)  # type: ignore[no-untyped-call]  # unannotated in torch
         self.norm = nn.LayerNorm(hidden_dim)
         self.query = nn.Parameter(torch.empty(hidden_dim))
-        self.kv = nn.utils.skip_init(nn.Linear, hidden_dim, 2 * hidden_dim)
+        self.kv = nn.utils.skip_init(nn.Linear, hidden_dim, 2 * hidden_dim)  # type: ignore[no-untyped-call]  # unannotated in torch
         self.dropout = nn.Dropout(0.0)
-        self.head = nn.utils.skip_init(nn.Linear, hidden_dim, n_outputs)
+        self.head = nn.utils.skip_init(nn.Linear, hidden_dim, n_outputs)  # type: ignore[no-untyped-call]  # unannotated in torch
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -81,13 +82,15 @@ class AttentionPoolClassifier(nn.Module):
         """Args: tokens [B, P, in_dim]. Returns logits [B, n_outputs]."""
         q, k, v = self._query_kv(tokens)
         pooled = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5)  # [B, H, 1, hd]
-        return self.head(self.dropout(pooled.reshape(tokens.shape[0], -1)))
+        logits: Tensor = self.head(self.dropout(pooled.reshape(tokens.shape[0], -1)))
+        return logits
 
     @torch.no_grad()
     def attention_weights(self, tokens: Tensor) -> Tensor:
         """Args: tokens [B, P, in_dim]. Returns the query's attention over tokens [B, H, P] (sums to 1 over P)."""
         q, k, _ = self._query_kv(tokens)
-        return ((q @ k.transpose(-2, -1)) * self.head_dim**-0.5).softmax(-1).squeeze(2)
+        weights: Tensor = ((q @ k.transpose(-2, -1)) * self.head_dim**-0.5).softmax(-1).squeeze(2)
+        return weights
 
 
 @dataclass
@@ -97,7 +100,7 @@ class AttnPoolResult:
     val_score: float  # its validation score (the selection metric)
     scores: dict[float, float]  # val score of every grid LR
     # per validation round: {"step", "val": {lr: score}, "train_loss": {lr: mean loss since the last round}}
-    history: list[dict] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def default_hidden_dim(in_dim: int, num_heads: int = 8) -> int:
@@ -117,7 +120,7 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Te
     """Endless shuffled passes over range(n); the last batch of a pass may be short."""
     while True:
         perm = torch.randperm(n, generator=generator)
-        yield from perm.split(batch_size)
+        yield from perm.split(batch_size)  # type: ignore[no-untyped-call]  # unannotated in torch
 
 
 @torch.no_grad()
@@ -192,7 +195,7 @@ def _score(logits: Tensor, targets: Tensor, select: str, groups: Tensor | None =
     by = targets if select == "balanced_accuracy" else groups
     if by is None:
         raise ValueError("worst_group_accuracy needs val_groups")
-    per = [correct[by == g].mean() for g in by.unique()]
+    per = [correct[by == g].mean() for g in by.unique()]  # type: ignore[no-untyped-call]  # unannotated in torch
     reduce = torch.stack(per).mean() if select == "balanced_accuracy" else torch.stack(per).min()
     return float(reduce)
 
@@ -333,13 +336,13 @@ def _train_grid(classifiers: Sequence[AttentionPoolClassifier], grid: Sequence[f
                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                 batches: Iterator[Tensor], train_tokens: Tensor, train_targets: Tensor, val: _Validation, *,
                 multilabel: bool, total: int, round_len: int, device: torch.device,
-                progress: bool) -> tuple[dict[float, float], list[dict]]:
+                progress: bool) -> tuple[dict[float, float], list[dict[str, Any]]]:
     """``total`` iterations of all classifiers on the same batches, validated every ``round_len``.
 
     Returns the last round's val scores and the history (see :class:`AttnPoolResult`).
     """
     loss_fn = F.binary_cross_entropy_with_logits if multilabel else F.cross_entropy
-    history: list[dict] = []
+    history: list[dict[str, Any]] = []
     scores: dict[float, float] = {}
     loss_sums = torch.zeros(len(grid), device=device)
     bar = tqdm(total=total, desc="attention-pool probe", unit="it", disable=not progress)
@@ -349,7 +352,8 @@ def _train_grid(classifiers: Sequence[AttentionPoolClassifier], grid: Sequence[f
         y = train_targets[idx].to(device=device, dtype=torch.float32 if multilabel else torch.int64)
         losses = torch.stack([loss_fn(c(x), y) for c in classifiers])
         optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()  # classifiers are independent: the sum gives each its own gradient
+        # classifiers are independent: the sum gives each its own gradient
+        losses.sum().backward()  # type: ignore[no-untyped-call]  # unannotated in torch
         optimizer.step()
         scheduler.step()
         loss_sums += losses.detach()

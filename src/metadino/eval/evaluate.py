@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from metadino.data.table import MetadataTable, infer_column_kind, load_table
-from metadino.data.targets import ColumnEncoder, class_names
+from metadino.data.targets import ColumnEncoder, Kind, class_names
 from metadino.data.values import DEFAULT_SEPARATOR, multilabel_separator
 from metadino.errors import UserError
 from metadino.eval.conditional import check_spec, check_target, conditional_leakage_table
@@ -36,6 +36,9 @@ from metadino.eval.purity import check_categorical, purity_metrics
 from metadino.files import claim_output_dir
 from metadino.models.backbone import Backbone
 from metadino.models.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PROBES = ("knn", "linear", "attnpool")
 FEATURE_KINDS = ("cls", "cls+mean")
@@ -51,6 +54,19 @@ class Split:
     name: str
     table: MetadataTable
     features: Features | None = None
+
+    def extracted(self) -> Features:
+        """The split's features (set by :func:`_extract`)."""
+        if self.features is None:
+            raise RuntimeError(f"the features of split '{self.name}' have not been extracted")
+        return self.features
+
+    def patch_tokens(self) -> torch.Tensor:
+        """The split's patch tokens (extracted only for the attention-pooling probe)."""
+        tokens = self.extracted().patch_tokens
+        if tokens is None:
+            raise RuntimeError(f"the features of split '{self.name}' were extracted without patch tokens")
+        return tokens
 
 
 @dataclass
@@ -71,7 +87,7 @@ class Labels:
     def separator(self) -> str:
         return self.encoder.separator
 
-    def encode(self, series) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """(targets, labelled-row mask): class ids [N] (-1 where unlabelled) or multi-hot [N, C]."""
         values, valid = self.encoder.encode(series)
         known = valid.numpy()
@@ -91,16 +107,17 @@ def build_labels(label_column: str, splits: Sequence[Split]) -> Labels:
             f"label column '{label_column}' holds continuous numbers; eval needs classes (use a categorical column, "
             "or list it under --leakage-columns to get R²)."
         )
-    kind = "multilabel" if kind == "multilabel" else "categorical"
-    separator = multilabel_separator(values.tolist()) if kind == "multilabel" else DEFAULT_SEPARATOR
+    label_kind: Kind = "multilabel" if kind == "multilabel" else "categorical"
+    separator = multilabel_separator(values.tolist()) if label_kind == "multilabel" else DEFAULT_SEPARATOR
     train = splits[0].table.frame[label_column]
-    seen = class_names(train, kind, separator)
+    seen = class_names(train, label_kind, separator)
     if len(seen) < 2:
         raise UserError(
             f"label column '{label_column}' has {len(seen)} class(es) in the train rows ({len(train)} rows); "
             "a probe needs at least two: widen --train-rows."
         )
-    return Labels(ColumnEncoder(label_column, kind, classes=class_names(values, kind, separator), separator=separator))
+    return Labels(ColumnEncoder(label_column, label_kind, classes=class_names(values, label_kind, separator),
+                                separator=separator))
 
 
 def _load_split(name: str, table: str | Path, rows: Mapping[str, Any], image_column: str, root: str | None,
@@ -117,7 +134,8 @@ def _prepare_out(out: Path) -> None:
     (out / MARKER).write_text("written by metadino eval; rerunning eval with this --out replaces its files\n")
 
 
-def _knn_probs(train_x, train_y, test_x, labels: Labels, k: int, temperature: float) -> np.ndarray:
+def _knn_probs(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, labels: Labels, k: int,
+               temperature: float) -> np.ndarray:
     if labels.multilabel:
         # multi-hot votes: each label's score is the similarity-weighted share of neighbours that carry it
         from metadino.eval.knn import knn_multilabel_scores
@@ -127,7 +145,8 @@ def _knn_probs(train_x, train_y, test_x, labels: Labels, k: int, temperature: fl
     return (scores / scores.sum(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
 
 
-def _metrics(y, probs, labels: Labels, groups, group_names) -> dict:
+def _metrics(y: np.ndarray, probs: np.ndarray, labels: Labels, groups: np.ndarray | None,
+             group_names: Sequence[str] | None) -> dict[str, Any]:
     if labels.multilabel:
         return multilabel_metrics(y, probs)
     return classification_metrics(y, probs, groups=groups, group_names=group_names)
@@ -149,9 +168,9 @@ def evaluate(
     probes: Sequence[str] = ("knn", "linear"), leakage_columns: Sequence[str] = (),
     conditional_leakage: Mapping[str, Sequence[str]] | None = None, purity_columns: Sequence[str] = (),
     image_column: str = "path", root: str | None = None, feature: str = "cls", k: int = 20, temperature: float = 0.07,
-    leakage_folds: int = 5, batch_size: int = 64, device: str = "cpu", cache_dir: Path | None | str = "default",
+    leakage_folds: int = 5, batch_size: int = 64, device: str | torch.device = "cpu", cache_dir: Path | None | str = "default",
     seed: int = 0, progress: bool = True, report: bool = True, title: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Evaluate the backbone that `load` returns (with its preprocessing) on a labelled subset; write
     DIR/metrics.json (and DIR/report.md). Returns the metrics. `model` names it in the metrics and the report;
     `load` is called only once the request has been checked, so a bad request fails before any model is loaded.
@@ -183,7 +202,7 @@ def evaluate(
     results, predictions, y_test = _run_probes(probes, data, labels, feature=feature, group_column=group_column, k=k,
                                                temperature=temperature, seed=seed, device=device, progress=progress)
     train, test = by_name["train"], by_name["test"]
-    x_train = train.features.embedding(feature).numpy()
+    x_train = train.extracted().embedding(feature).numpy()
     leakage_details = _leakage(x_train, train.table.frame, leakage_columns, folds=leakage_folds, seed=seed, progress=progress)
     metrics = {
         **results,
@@ -230,7 +249,7 @@ def _check_probes(probes: Sequence[str], feature: str, k: int, temperature: floa
 
 
 def _extract(splits: Sequence[Split], backbone: Backbone, pre: Preprocessing, *, cache_dir: Path | None | str,
-             attnpool: bool, batch_size: int, device: str, progress: bool) -> None:
+             attnpool: bool, batch_size: int, device: str | torch.device, progress: bool) -> None:
     """Features of every split (cached by weights, rows and preprocessing); patch tokens only for attention pooling."""
     digest = weights_digest(backbone)
     cache = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir is not None else None)
@@ -241,14 +260,14 @@ def _extract(splits: Sequence[Split], backbone: Backbone, pre: Preprocessing, *,
 
 
 def _run_probes(probes: Sequence[str], data: dict[str, tuple[Split, np.ndarray, np.ndarray]], labels: Labels, *,
-                feature: str, group_column: str | None, k: int, temperature: float, seed: int, device: str,
-                progress: bool) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
+                feature: str, group_column: str | None, k: int, temperature: float, seed: int,
+                device: str | torch.device, progress: bool) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
     """Each probe trained on the labelled train rows and scored on the labelled test rows: (results, test-row
     probabilities per probe, test targets)."""
     train, y_train, known_train = data["train"]
     test, y_test, known_test = data["test"]
-    x_train = train.features.embedding(feature)[torch.from_numpy(known_train.copy())]
-    x_test = test.features.embedding(feature)[torch.from_numpy(known_test.copy())]
+    x_train = train.extracted().embedding(feature)[torch.from_numpy(known_train.copy())]
+    x_test = test.extracted().embedding(feature)[torch.from_numpy(known_test.copy())]
     y_train, y_test = y_train[known_train], y_test[known_test]
     groups, group_names = _groups(group_column, test)
     if groups is not None:
@@ -256,7 +275,7 @@ def _run_probes(probes: Sequence[str], data: dict[str, tuple[Split, np.ndarray, 
     val = x_val = y_val = None
     if "val" in data:
         val, y_val, known_val = data["val"]
-        x_val, y_val = val.features.embedding(feature)[torch.from_numpy(known_val.copy())], y_val[known_val]
+        x_val, y_val = val.extracted().embedding(feature)[torch.from_numpy(known_val.copy())], y_val[known_val]
     results: dict[str, Any] = {}
     predictions: dict[str, np.ndarray] = {}
     for probe in probes:
@@ -277,7 +296,7 @@ def _run_probes(probes: Sequence[str], data: dict[str, tuple[Split, np.ndarray, 
     return results, predictions, y_test
 
 
-def _leakage(x: np.ndarray, frame: Any, columns: Sequence[str], *, folds: int, seed: int, progress: bool) -> dict:
+def _leakage(x: np.ndarray, frame: Any, columns: Sequence[str], *, folds: int, seed: int, progress: bool) -> dict[str, dict[str, Any]]:
     if not columns:
         return {}
     lk = leakage_table(x, frame, columns, folds=folds, seed=seed, progress=progress)
@@ -286,7 +305,7 @@ def _leakage(x: np.ndarray, frame: Any, columns: Sequence[str], *, folds: int, s
 
 
 def _conditional(x: np.ndarray, frame: Any, specs: Mapping[str, Sequence[str]], *, folds: int, seed: int,
-                 progress: bool) -> dict:
+                 progress: bool) -> dict[str, dict[str, Any]]:
     if not specs:
         return {}
     ck = conditional_leakage_table(x, frame, specs, folds=folds, seed=seed, progress=progress)
@@ -297,18 +316,18 @@ def _conditional(x: np.ndarray, frame: Any, specs: Mapping[str, Sequence[str]], 
 
 
 def _purity(train: Split, test: Split, feature: str, columns: Sequence[str], label_column: str,
-            group_column: str | None, k: int, device: str) -> dict[str, dict]:
-    purity: dict[str, dict] = {"purity": {}, "purity_test": {}}
+            group_column: str | None, k: int, device: str | torch.device) -> dict[str, dict[str, Any]]:
+    purity: dict[str, dict[str, Any]] = {"purity": {}, "purity_test": {}}
     if columns or group_column:
         for key, part in (("purity", train), ("purity_test", test)):
             # lenient: the columns were checked on the train rows; what the test rows cannot support becomes a note
             purity[key] = {"rows": part.name, **purity_metrics(
-                part.features.embedding(feature), part.table.frame, columns, label_column=label_column,
+                part.extracted().embedding(feature), part.table.frame, columns, label_column=label_column,
                 group_column=group_column, k=k, device=str(device), strict=False)}
     return purity
 
 
-def _check_conditional(specs: Mapping[str, Sequence[str]], frame) -> dict[str, list[str]]:
+def _check_conditional(specs: Mapping[str, Sequence[str]], frame: pd.DataFrame) -> dict[str, list[str]]:
     """`specs` with duplicates removed, checked by the component; its UserErrors name --conditional-leakage."""
     available = [str(c) for c in frame.columns]
     checked: dict[str, list[str]] = {}
@@ -321,7 +340,7 @@ def _check_conditional(specs: Mapping[str, Sequence[str]], frame) -> dict[str, l
     return checked
 
 
-def _check_purity(columns: Sequence[str], frame) -> list[str]:
+def _check_purity(columns: Sequence[str], frame: pd.DataFrame) -> list[str]:
     """`columns` without duplicates; one-sentence UserErrors naming --purity-columns and the column."""
     available = [str(c) for c in frame.columns]
     columns = list(dict.fromkeys(columns))
@@ -335,11 +354,13 @@ def _check_purity(columns: Sequence[str], frame) -> list[str]:
     return columns
 
 
-def _attnpool(train: Split, known_train, y_train, val: Split | None, data, test: Split, known_test, labels: Labels,
-              group_column: str | None, seed: int, device: str, progress: bool) -> tuple[np.ndarray, dict]:
+def _attnpool(train: Split, known_train: np.ndarray, y_train: np.ndarray, val: Split | None,
+              data: dict[str, tuple[Split, np.ndarray, np.ndarray]], test: Split, known_test: np.ndarray,
+              labels: Labels, group_column: str | None, seed: int, device: str | torch.device,
+              progress: bool) -> tuple[np.ndarray, dict[str, Any]]:
     from metadino.eval.attnpool import predict_attention_pool, train_attention_pool
 
-    tokens = train.features.patch_tokens[torch.from_numpy(known_train.copy())]
+    tokens = train.patch_tokens()[torch.from_numpy(known_train.copy())]
     if val is None:
         fit_idx, val_idx = carve_validation(y_train, 0.2, seed)
         tr_tokens, tr_y = tokens[torch.as_tensor(fit_idx)], y_train[fit_idx]
@@ -349,7 +370,7 @@ def _attnpool(train: Split, known_train, y_train, val: Split | None, data, test:
     else:
         _, y_val, known_val = data["val"]
         tr_tokens, tr_y = tokens, y_train
-        va_tokens, va_y = val.features.patch_tokens[torch.from_numpy(known_val.copy())], y_val[known_val]
+        va_tokens, va_y = val.patch_tokens()[torch.from_numpy(known_val.copy())], y_val[known_val]
         val_groups = _groups(group_column, val)[0]
         val_groups = None if val_groups is None else val_groups[known_val]
     if labels.multilabel:
@@ -358,7 +379,11 @@ def _attnpool(train: Split, known_train, y_train, val: Split | None, data, test:
         select = "worst_group_accuracy"
     else:
         select = "accuracy"
-    as_target = (lambda y: torch.as_tensor(y, dtype=torch.float32)) if labels.multilabel else (lambda y: torch.as_tensor(y, dtype=torch.int64))
+    target_dtype = torch.float32 if labels.multilabel else torch.int64
+
+    def as_target(y: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(y, dtype=target_dtype)
+
     try:
         result = train_attention_pool(
             tr_tokens, as_target(tr_y), va_tokens, as_target(va_y), n_outputs=len(labels.classes),
@@ -367,6 +392,6 @@ def _attnpool(train: Split, known_train, y_train, val: Split | None, data, test:
         )
     except ValueError as e:  # e.g. a validation split too small to hold a row
         raise UserError(f"the attention-pooling probe cannot be trained on these rows: {e}.") from None
-    logits = predict_attention_pool(result.classifier, test.features.patch_tokens[torch.from_numpy(known_test.copy())], device=device)
+    logits = predict_attention_pool(result.classifier, test.patch_tokens()[torch.from_numpy(known_test.copy())], device=device)
     probs = torch.sigmoid(logits) if labels.multilabel else torch.softmax(logits, dim=1)
     return probs.numpy(), {"lr": result.lr, "selection": select, "val_score": result.val_score}

@@ -93,7 +93,8 @@ def cv_predict(probe: Pipeline, x: np.ndarray, y: np.ndarray, cv: Any) -> np.nda
     """Out-of-fold predictions of `probe`, without convergence warnings (max_iter bounds the run time)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter bounds run time; near-optimum is enough
-        return cross_val_predict(probe, x, y, cv=cv)
+        pred: np.ndarray = cross_val_predict(probe, x, y, cv=cv)
+    return pred
 
 
 def blas_threads(x: np.ndarray) -> Any:

@@ -33,7 +33,7 @@ class LinearProbe:
 
     def predict_proba(self, features: np.ndarray, n_classes: int | None = None) -> np.ndarray:
         """[N, n_classes] probabilities; classes never seen in training get probability 0."""
-        probs = self.model.predict_proba(features)
+        probs: np.ndarray = self.model.predict_proba(features)
         if n_classes is None or probs.shape[1] == n_classes or getattr(self.model, "classes_", None) is None:
             return probs
         full = np.zeros((probs.shape[0], n_classes))
@@ -84,10 +84,12 @@ def fit_linear_probe(
         x_val, y_val: validation rows; None carves ``val_share`` of the train rows.
     """
     carved = x_val is None
-    if carved:
+    if x_val is None:
         fit_idx, val_idx = carve_validation(y_train, val_share, seed)
         x_fit, y_fit, x_val, y_val = x_train[fit_idx], y_train[fit_idx], x_train[val_idx], y_train[val_idx]
     else:
+        if y_val is None:
+            raise ValueError("fit_linear_probe: x_val was given without y_val")
         x_fit, y_fit = x_train, y_train
     scores: dict[float, float] = {}
     with warnings.catch_warnings():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
@@ -32,7 +33,7 @@ def classification_metrics(
     *,
     groups: np.ndarray | None = None,
     group_names: Sequence[str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Metrics of argmax predictions.
 
     Args:
@@ -44,7 +45,7 @@ def classification_metrics(
     pred = probs.argmax(axis=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn warns when a class has no test row; the metric stays defined
-        out: dict = {
+        out: dict[str, Any] = {
             "accuracy": float(accuracy_score(y_true, pred)),
             "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
             "macro_f1": float(f1_score(y_true, pred, average="macro", labels=np.unique(y_true), zero_division=0)),
@@ -62,7 +63,7 @@ def classification_metrics(
     return out
 
 
-def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, *, threshold: float = 0.5) -> dict:
+def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, *, threshold: float = 0.5) -> dict[str, Any]:
     """Metrics of thresholded multi-label predictions.
 
     Args:

@@ -122,7 +122,8 @@ def majority_vote(neighbour_labels: np.ndarray, n_classes: int) -> np.ndarray:
     np.add.at(counts, (np.repeat(np.arange(n), neighbour_labels.shape[1]), neighbour_labels.ravel()), 1)
     tied = counts == counts.max(axis=1, keepdims=True)
     first = tied[np.arange(n)[:, None], neighbour_labels].argmax(axis=1)
-    return neighbour_labels[np.arange(n), first]
+    votes: np.ndarray = neighbour_labels[np.arange(n), first]
+    return votes
 
 
 def check_categorical(values: pd.Series, column: str) -> list[Any]:

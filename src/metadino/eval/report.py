@@ -11,12 +11,17 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from metadino.config import read_yaml
 from metadino.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
 
 PROBE_TITLES = {"knn": "weighted k-NN", "linear": "linear (logistic regression)", "attnpool": "attention pooling"}
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "multilabel_f1", "auroc", "worst_group_accuracy")
@@ -24,7 +29,7 @@ MAX_POINTS = 3000  # PCA scatter: enough to see structure, small enough to stay 
 MAX_LEGEND = 12
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -41,7 +46,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def metrics_table(metrics: dict) -> str:
+def metrics_table(metrics: dict[str, Any]) -> str:
     probes = [p for p in PROBE_TITLES if p in metrics]
     names = [m for m in METRIC_NAMES if any(m in metrics[p] for p in probes)]
     lines = ["| probe | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -50,14 +55,14 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def leakage_table_md(details: dict) -> str:
+def leakage_table_md(details: dict[str, Any]) -> str:
     lines = ["| column | metric | value | chance | rows |", "|---|---|---|---|---|"]
     for col, d in details.items():
         lines.append(f"| {col} | {d['metric']} | {_fmt(d['value'])} | {_fmt(d['chance'])} | {d['n_rows']} |")
     return "\n".join(lines)
 
 
-def conditional_table_md(details: dict) -> str:
+def conditional_table_md(details: dict[str, Any]) -> str:
     """Conditional leakage: value = with embedding − given only (both cross-validated on the same rows)."""
     lines = ["| column | given | metric | value | given only | with embedding | chance | rows | missing |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -68,7 +73,7 @@ def conditional_table_md(details: dict) -> str:
     return "\n".join(lines)
 
 
-def purity_table_md(*blocks: dict) -> str:
+def purity_table_md(*blocks: dict[str, Any]) -> str:
     """Neighbour purity of one or more row sets (``metrics["purity"]``, ``metrics["purity_test"]``)."""
     lines = ["| measure | rows | value | balanced | chance | n |", "|---|---|---|---|---|---|"]
     for block in blocks:
@@ -93,10 +98,11 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
     _, _, vt = np.linalg.svd(x, full_matrices=False)
     comps = vt[:2]
     signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])
-    return x @ (comps * signs[:, None]).T
+    xy: np.ndarray = x @ (comps * signs[:, None]).T
+    return xy
 
 
-def _scatter(ax, xy: np.ndarray, values, title: str) -> None:
+def _scatter(ax: Axes, xy: np.ndarray, values: pd.Series, title: str) -> None:
     import pandas as pd
 
     from metadino.data.values import category_label, known_mask
@@ -120,7 +126,7 @@ def _scatter(ax, xy: np.ndarray, values, title: str) -> None:
     ax.set_yticks([])
 
 
-def plot_pca(path: Path, x: np.ndarray, frame, columns: Sequence[str], seed: int = 0) -> Path:
+def plot_pca(path: Path, x: np.ndarray, frame: pd.DataFrame, columns: Sequence[str], seed: int = 0) -> Path:
     plt = _pyplot()
     if len(x) > MAX_POINTS:
         keep = np.sort(np.random.default_rng(seed).choice(len(x), MAX_POINTS, replace=False))
@@ -159,7 +165,7 @@ def plot_confusion(path: Path, y_true: np.ndarray, pred: np.ndarray, classes: Se
     return path
 
 
-def read_metrics_jsonl(path: Path) -> list[dict]:
+def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     for line in path.read_text().splitlines():
         try:
@@ -177,7 +183,7 @@ def _dino_out_dim(run_dir: Path) -> int | None:
         return None
 
 
-def plot_training_curves(path: Path, rows: list[dict], dino_out_dim: int | None = None) -> Path | None:
+def plot_training_curves(path: Path, rows: list[dict[str, Any]], dino_out_dim: int | None = None) -> Path | None:
     """SSL terms (with ln K, the DINO term of uniform targets, as a dashed line) and guide losses."""
     keys = [k for k in ("total", "dino", "ibot", "koleo", "sigreg") if any(k in r for r in rows)]
     guide_keys = sorted({k for r in rows for k in r if k.startswith("guide/") and k.endswith("/loss")})
@@ -208,7 +214,7 @@ def plot_training_curves(path: Path, rows: list[dict], dino_out_dim: int | None 
 
 def write_report(
     out: Path,
-    metrics: dict,
+    metrics: dict[str, Any],
     *,
     splits: Sequence[Any],
     feature: str,

@@ -279,7 +279,8 @@ def card_markdown(card: dict[str, Any]) -> str:
 def _yaml(data: Any) -> str:
     import yaml
 
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    text: str = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,7 +332,8 @@ def _train_seconds(run: Path) -> float | None:
     if not rows:
         return None
     batch = yaml.safe_load((run / "config.yaml").read_text())["train"]["batch_size"]
-    total, prev = 0.0, 0
+    total = 0.0
+    prev: float = 0  # the step of the previous row
     for r in rows:
         total += (r["step"] - prev) * batch / max(r["images_per_s"], 1e-9)
         prev = r["step"]
