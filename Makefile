@@ -26,7 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# ruff (lint + import order) and mypy (strict for losses/, guidance/, train/, models/), as configured in pyproject.toml
+# ruff (lint + import order) and mypy --strict over src/metadino, as configured in pyproject.toml
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
