@@ -81,7 +81,7 @@ class ModelConfig:
     )
     drop_path_rate: float = opt(0.1, "Stochastic depth of the student (built-in ViT), in [0, 1).")
     channel_expansion: Literal["mean"] = opt(
-        "mean", "How the new input channels of a pretrained patch embedding are initialised (reference §8)."
+        "mean", "How the new input channels of a pretrained patch embedding are initialised (as FINO expands RGB weights to 4-channel microscopy)."
     )
     grad_checkpointing: bool = opt(
         False, "Activation checkpointing in the student backbone: saves memory, costs time."
@@ -125,7 +125,7 @@ class IBOTConfig:
 
 @dataclass
 class SIGRegConfig:
-    """SIGReg on the DINO-head bottleneck of the global crops (reference §6)."""
+    """SIGReg (LeJEPA, as used by FINO) on the DINO-head bottleneck of the global crops."""
 
     weight: float = opt(
         0.0,
@@ -377,7 +377,7 @@ class GuidanceConfig:
 
 @dataclass
 class StagesConfig:
-    """Two-stage finetune (reference §8): heads first, then the backbone."""
+    """Two-stage finetune (FINO): heads first, then the backbone."""
 
     heads_only_steps: int | None = opt(
         None,

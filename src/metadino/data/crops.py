@@ -151,7 +151,7 @@ class MultiCropAugmentation:
     (:class:`MaskingGenerator`, blocks of >= 4 patches, <= 0.5*N per block, aspect in [0.3, 1/0.3]) topped
     up with uniformly random tokens; otherwise no token is masked. Deviation from the reference collate,
     which masks exactly int(2B * p) crops of the batch at ratios linspace(r_min, r_max, n+1)[1:] and
-    shuffles them (fino-spec §1): that couples a sample's mask to its batch, so the masks would change with
+    shuffles them (FINO's released code): that couples a sample's mask to its batch, so the masks would change with
     batch size and worker layout. The per-crop draw has the same expected masked share and ratio range.
 
     Args:

@@ -1,4 +1,4 @@
-"""iBOT block masks on the patch grid (BEiT/DINOv2 MaskingGenerator semantics, fino-spec §1)."""
+"""iBOT block masks on the patch grid (BEiT/DINOv2 MaskingGenerator semantics)."""
 
 from __future__ import annotations
 

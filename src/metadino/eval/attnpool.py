@@ -1,4 +1,4 @@
-"""Attention-pooling probe over frozen patch tokens (reference §11), scaled to the data.
+"""Attention-pooling probe over frozen patch tokens (FINO's evaluation protocol), scaled to the data.
 
 A single learned query attends over the patch tokens of a frozen backbone; one classifier is trained per
 grid learning rate, all at once on the same batches, and the one with the best final validation score wins.
@@ -32,7 +32,7 @@ MAX_HIDDEN = 512
 
 
 class AttentionPoolClassifier(nn.Module):
-    """§11: input_proj Linear(in_dim, hidden) -> LayerNorm(hidden); one learned query [hidden] (trunc-normal 0.02);
+    """FINO's probe: input_proj Linear(in_dim, hidden) -> LayerNorm(hidden); one learned query [hidden] (trunc-normal 0.02);
     kv = Linear(hidden, 2*hidden) split into K and V over num_heads; SDPA with scale 1/sqrt(head_dim); dropout 0;
     Linear(hidden, n_outputs). Linear weights trunc-normal 0.02, zero bias. No output projection/MLP."""
 
@@ -241,7 +241,7 @@ def train_attention_pool(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> AttnPoolResult:
-    """Train one attention-pooling classifier per grid LR at once and pick the best on validation (§11).
+    """Train one attention-pooling classifier per grid LR at once and pick the best on validation (as in FINO's evaluation).
 
     Args:
         train_tokens: [N, P, in_dim] fp16/fp32 on CPU (cast per batch on ``device``; never copied whole).

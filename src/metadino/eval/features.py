@@ -2,7 +2,7 @@
 
 One forward pass per image gives everything the probes need: the CLS token, the mean patch token
 (both after the final norm) and, for attention pooling, the patch tokens of the last blocks each
-through the final norm and concatenated on the feature axis (reference §11). Patch tokens are kept
+through the final norm and concatenated on the feature axis (FINO's attention-pooling probe). Patch tokens are kept
 in float16 because they are P x 4D per image.
 
 The cache key is a hash of the backbone weights themselves, the selected rows (paths, table file
