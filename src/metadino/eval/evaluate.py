@@ -24,7 +24,7 @@ import torch
 
 from metadino.data.table import MetadataTable, infer_column_kind, load_table
 from metadino.data.targets import ColumnEncoder, Kind, class_names
-from metadino.data.values import DEFAULT_SEPARATOR, multilabel_separator
+from metadino.data.values import DEFAULT_SEPARATOR, category_label, known_mask, multilabel_separator
 from metadino.errors import UserError
 from metadino.eval.conditional import check_spec, check_target, conditional_leakage_table
 from metadino.eval.features import Features, cached_extract, default_cache_dir, weights_digest
@@ -155,10 +155,12 @@ def _metrics(y: np.ndarray, probs: np.ndarray, labels: Labels, groups: np.ndarra
 def _groups(group_column: str | None, split: Split) -> tuple[np.ndarray | None, list[str] | None]:
     if group_column is None:
         return None, None
-    values = split.table.frame[group_column].astype(object).where(split.table.frame[group_column].notna(), "(missing)")
-    names = sorted({str(v) for v in values})
+    column = split.table.frame[group_column]
+    # the training encoders' class names (data/values.py); missing cells form one "(missing)" group
+    values = [category_label(v) if known else "(missing)" for v, known in zip(column.tolist(), known_mask(column))]
+    names = sorted(set(values))
     index = {n: i for i, n in enumerate(names)}
-    return np.array([index[str(v)] for v in values]), names
+    return np.array([index[v] for v in values]), names
 
 
 def evaluate(
