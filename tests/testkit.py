@@ -48,6 +48,20 @@ def tiny_hf_model(kind: str, **extra):
     raise ValueError(kind)
 
 
+SMALL_CONFIG = {"data": {"table": "meta.csv"}, "model": {"backbone": "builtin:vit-tiny", "patch_size": 8},
+                "crops": {"global_size": 32, "local_size": 16}}
+
+
+def small_config(**sections):
+    """A validated Config of a tiny builtin ViT on a (never read) table: for config tests, no files needed."""
+    from metadino.config import config_from_dict
+
+    data = {k: dict(v) for k, v in SMALL_CONFIG.items()}
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return config_from_dict(data)
+
+
 def tiny_config(table: Path, **sections) -> dict:
     """A config dict for a 2-block, 32-wide ViT and tiny heads: a training step takes milliseconds."""
     head = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}

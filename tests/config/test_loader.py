@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from metadino.config import (
-    Config,
     apply_overrides,
     config_from_dict,
     config_to_dict,
@@ -23,6 +22,8 @@ from metadino.config import (
 )
 from metadino.config.loader import from_plain
 from metadino.errors import UserError
+from testkit import SMALL_CONFIG as BASE
+from testkit import small_config as make
 
 
 @dataclass
@@ -129,14 +130,6 @@ def test_toy_diff_with_neutral_keys():
 # ---------------------------------------------------------------------------------------------
 # The run config
 
-BASE = {"data": {"table": "meta.csv"}, "model": {"backbone": "builtin:vit-tiny", "patch_size": 8}, "crops": {"global_size": 32, "local_size": 16}}
-
-
-def make(**sections) -> Config:
-    data = {k: dict(v) for k, v in BASE.items()}
-    for key, value in sections.items():
-        data.setdefault(key, {}).update(value)
-    return config_from_dict(data)
 
 
 def test_unknown_key_suggests_closest():

@@ -8,17 +8,9 @@ import subprocess
 import sys
 import typing
 
-from metadino.config import Config, GuideConfig, PhotometricPreset, config_from_dict, config_to_dict
+from metadino.config import Config, GuideConfig, PhotometricPreset, config_to_dict
 from metadino.config.reference import entries
-
-BASE = {"data": {"table": "meta.csv"}, "model": {"backbone": "builtin:vit-tiny", "patch_size": 8}, "crops": {"global_size": 32, "local_size": 16}}
-
-
-def make(**sections) -> Config:
-    data = {k: dict(v) for k, v in BASE.items()}
-    for key, value in sections.items():
-        data.setdefault(key, {}).update(value)
-    return config_from_dict(data)
+from testkit import small_config as make
 
 
 def test_defaults_and_types():

@@ -6,17 +6,9 @@ import dataclasses
 
 import pytest
 
-from metadino.config import Config, CropsConfig, config_from_dict, validate
+from metadino.config import CropsConfig, config_from_dict, validate
 from metadino.errors import UserError
-
-BASE = {"data": {"table": "meta.csv"}, "model": {"backbone": "builtin:vit-tiny", "patch_size": 8}, "crops": {"global_size": 32, "local_size": 16}}
-
-
-def make(**sections) -> Config:
-    data = {k: dict(v) for k, v in BASE.items()}
-    for key, value in sections.items():
-        data.setdefault(key, {}).update(value)
-    return config_from_dict(data)
+from testkit import small_config as make
 
 
 @pytest.mark.parametrize(
