@@ -260,3 +260,53 @@ def test_a_run_saved_before_the_gram_and_fino_paper_keys_existed_still_resumes(t
     gram_on = config_from_dict(tiny_config(image_table, ssl={"gram": {"weight": 1.0}}))
     with pytest.raises(UserError, match="ssl.gram"):
         train(gram_on, tmp_path / "run", progress=False, resume=True)
+
+
+def test_the_loop_clips_every_group_at_optim_clip_grad_and_logs_the_norms(tmp_path, image_table, monkeypatch):
+    import metadino.train.loop as loop
+
+    calls = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def recording(params, max_norm, *args, **kwargs):
+        calls.append(max_norm)
+        return real(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(loop.torch.nn.utils, "clip_grad_norm_", recording)
+    cfg = config_from_dict(tiny_config(image_table, optim={"clip_grad": 0.5}, train={"steps": 2, "log_every": 1}))
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert calls == [0.5] * 6  # backbone, DINO head, iBOT head, each step
+    assert {"grad_norm/backbone", "grad_norm/dino_head", "grad_norm/ibot_head"} <= set(result.history[-1])
+    calls.clear()
+    train(config_from_dict(tiny_config(image_table, optim={"clip_grad": 0.0}, train={"steps": 1})), tmp_path / "off",
+          progress=False)
+    assert calls == [math.inf] * 3  # 0 disables clipping; the norms are still measured
+
+
+def test_the_optimizer_runs_at_the_scheduled_lr_and_weight_decay_of_every_group(tmp_path, image_table):
+    from metadino.train.factory import build_schedule
+
+    cfg = config_from_dict(tiny_config(image_table, optim={"weight_decay": 0.04, "weight_decay_end": 0.4},
+                                       ssl={"freeze_last_layer_steps": 0}, train={"steps": 4, "checkpoint_every": 4}))
+    train(cfg, tmp_path / "run", progress=False)
+    groups = load_latest_checkpoint(tmp_path / "run")["optimizer"]["param_groups"]
+    last = build_schedule(cfg)(3)  # the values of the last step taken
+    assert last["weight_decay"] > 0.04
+    for g in groups:
+        assert g["weight_decay"] == pytest.approx(last["weight_decay"] * g["wd_mult"])
+        assert g["lr"] == pytest.approx((last["last_layer_lr"] if g["is_last_layer"] else last["lr"]) * g["lr_mult"])
+
+
+def test_label_guided_regions_reach_the_local_crops(tmp_path, image_table):
+    from metadino.train.run import build_run
+
+    boxes = _with_boxes(image_table)
+
+    def first_batch(crops: dict, name: str):
+        cfg = config_from_dict(tiny_config(boxes, crops=crops))
+        return next(iter(build_run(cfg, tmp_path / name).batches))
+
+    guided = first_batch({"label_guided": {"share": 1.0, "bbox_columns": ["x0", "y0", "x1", "y1"]}}, "lg")
+    plain = first_batch({}, "plain")
+    assert torch.equal(guided.global_crops, plain.global_crops)  # same data order and global views
+    assert not torch.equal(guided.local_crops, plain.local_crops)  # the local crops are centred on the boxes
