@@ -25,9 +25,9 @@ PAIRS = [("fino", "plain"), ("fino_plate", "plain"), ("fino_plate", "fino"), ("p
 
 
 def fino_plate_paper_config(table: Path, *, steps: int, seed: int, quick: bool) -> dict:
-    from metadino.demo import fino_plate_config
+    from metadino.demo import arm_config
 
-    cfg = copy.deepcopy(fino_plate_config(table, steps=steps, seed=seed, quick=quick))
+    cfg = copy.deepcopy(arm_config("fino_plate", table, steps=steps, seed=seed, quick=quick))
     g = cfg["guidance"]
     g["balance_momentum"] = 0.99
     g["lambda"] = {"start": "unfreeze"}

@@ -15,6 +15,7 @@ its fingerprint) and ``preprocessing.json``; a randomly initialised base (``buil
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from metadino.config import Config, config_from_dict
@@ -25,7 +26,7 @@ from metadino.models.adapt import METADINO_ADAPTER_FILE
 from metadino.models.backbone import Backbone, load_backbone_state
 from metadino.models.directory import PREPROCESSING_FILE, read_preprocessing, write_export, write_preprocessing
 from metadino.models.preprocessing import Preprocessing
-from metadino.models.registry import build_backbone
+from metadino.models.registry import build_backbone, registered_prefixes
 from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.factory import adapt_backbone, build_backbone_from_config, preprocessing_from_config
 
@@ -155,10 +156,11 @@ def _load_model(spec: str) -> tuple[Backbone, Preprocessing]:
             backbone = build_backbone(str(path))
             return backbone.eval(), Preprocessing.default_for(backbone)
         backbone = build_backbone(str(path), in_chans=pre.in_chans, patch_size=pre.patch_size, image_size=pre.image_size)
-        return backbone.eval(), pre
+        return backbone.eval(), pre if pre.embed_dim is not None else replace(pre, embed_dim=backbone.embed_dim)
     if spec.startswith(FOUNDATION_PREFIX):  # shipped foundation: an export folder inside the package
         return _load_model(str(foundation_dir(spec)))
-    if not spec.startswith(("hf:", "builtin:")) and ("/" not in spec or spec.startswith((".", "/"))):
+    prefixed = spec.partition(":")[0] in registered_prefixes() and ":" in spec  # builtin:, hf:, and any registered
+    if not prefixed and ("/" not in spec or spec.startswith((".", "/"))):
         raise UserError(f"model '{spec}' is not a directory, an export, or an hf:<id> specification.")
-    backbone = build_backbone(spec if spec.startswith(("hf:", "builtin:")) else f"hf:{spec}")
+    backbone = build_backbone(spec if prefixed else f"hf:{spec}")
     return backbone.eval(), Preprocessing.default_for(backbone)

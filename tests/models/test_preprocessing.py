@@ -25,3 +25,10 @@ def test_default_round_trip_and_a_missing_key_names_file_and_key(tmp_path):
     with pytest.raises(UserError, match=r"preprocessing.json' lacks in_chans"):
         read_preprocessing(tmp_path)
     assert read_preprocessing(tmp_path / "nothing") is None
+
+
+def test_a_hand_written_file_needs_only_size_channels_patch_and_preset(tmp_path):
+    (tmp_path / "preprocessing.json").write_text(json.dumps({"image_size": 32, "in_chans": 4, "patch_size": 8,
+                                                              "photometric": "none"}))
+    pre = read_preprocessing(tmp_path)
+    assert (pre.mean, pre.std, pre.embed_dim) == (None, None, None)

@@ -27,3 +27,9 @@ def test_a_registered_prefix_resolves_with_the_options_and_is_checked_like_any_c
         build_backbone("nope:x")
     with pytest.raises(ValueError, match="prefix"):
         register_backbone("two words", tiny)
+    with pytest.raises(ValueError, match="cannot be replaced"):
+        register_backbone("builtin", tiny)
+    from metadino.export import load_model
+
+    backbone, pre = load_model("toy:any")  # commands resolve a registered prefix too
+    assert backbone.in_chans == 3 and pre.image_size == 224 - 224 % 8

@@ -11,6 +11,8 @@ from metadino.models.backbone import Backbone
 
 __all__ = ["Preprocessing"]
 
+REQUIRED = ("image_size", "in_chans", "patch_size", "photometric")
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -21,9 +23,9 @@ class Preprocessing:
     in_chans: int
     patch_size: int
     photometric: str
-    mean: list[float] | None
-    std: list[float] | None
-    embed_dim: int
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    embed_dim: int | None = None  # informational; filled from the model when a hand-written file leaves it out
 
     @classmethod
     def default_for(cls, backbone: Backbone) -> Preprocessing:
@@ -38,14 +40,15 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str) -> Preprocessing:
-        """From the JSON of `source`; a missing key is a UserError naming the file and the key."""
+        """From the JSON of `source`; a missing required key is a UserError naming the file and the key (mean, std
+        and embed_dim may be absent, as in hand-written files)."""
         names = [f.name for f in fields(cls)]
         if not isinstance(data, dict):
             raise UserError(f"'{source}' must hold a JSON object with {', '.join(names)}.")
-        missing = [n for n in names if n not in data]
+        missing = [n for n in REQUIRED if n not in data]
         if missing:
             raise UserError(f"'{source}' lacks {', '.join(missing)}; re-export the model with `metadino export`.")
-        return cls(**{n: data[n] for n in names})
+        return cls(**{n: data[n] for n in names if n in data})
 
     def transform(self) -> Photometric:
         """The evaluation-time photometric transform (normalisation only: presets augment only in training)."""

@@ -23,7 +23,7 @@ from metadino.models.directory import is_builtin_export, load_directory
 from metadino.models.hf import hf_from_config, load_hf
 from metadino.models.vit import VIT_PRESETS, VisionTransformer
 
-__all__ = ["BackboneOptions", "backbone_from_config", "build_backbone", "register_backbone"]
+__all__ = ["BackboneOptions", "backbone_from_config", "build_backbone", "register_backbone", "registered_prefixes"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,14 @@ def register_backbone(prefix: str, loader: Loader) -> None:
     """Make ``<prefix>:<ref>`` specs resolve through ``loader(ref, options)``."""
     if not re.fullmatch(r"[A-Za-z][\w-]*", prefix):
         raise ValueError(f"a backbone prefix is a word such as 'timm', got {prefix!r}")
+    if prefix == "builtin" and "builtin" in _LOADERS:
+        raise ValueError("'builtin' names the random-init presets and cannot be replaced")
     _LOADERS[prefix] = loader
+
+
+def registered_prefixes() -> tuple[str, ...]:
+    """The spec prefixes that resolve (``builtin``, ``metadino``, ``hf`` and any registered backend)."""
+    return tuple(_LOADERS)
 
 
 def _builtin(name: str, o: BackboneOptions) -> Backbone:
