@@ -204,3 +204,28 @@ def test_bad_conditional_and_purity_specs_fail_before_any_compute(setup, kw, mes
     with pytest.raises(UserError, match=message):
         _eval(table, model, tmp / "out", **kw)
     assert not (tmp / "out").exists()  # refused before the model was loaded or --out written
+
+
+def test_the_feature_cache_notices_replaced_image_files_with_the_table_untouched(setup):
+    import shutil
+
+    import torch
+
+    from metadino.eval.features import cached_extract
+
+    table, model, tmp = setup
+    backbone, pre = load_model(str(model))
+    rows = load_table(table, image_column="path", rows={"split": "test"})
+    cache = tmp / "cache"
+    first = cached_extract(backbone, rows, pre, cache_dir=cache, progress=False)
+    other = write_labelled_table(tmp / "other", seed=1)  # same names, other pixels
+    table_bytes = table.read_bytes()
+    for image in (other.parent / "imgs").iterdir():
+        shutil.copyfile(image, table.parent / "imgs" / image.name)
+    assert table.read_bytes() == table_bytes
+    again = cached_extract(backbone, load_table(table, image_column="path", rows={"split": "test"}), pre,
+                           cache_dir=cache, progress=False)
+    fresh = extract(backbone, rows, pre, progress=False)
+    assert not torch.equal(again.cls, first.cls)
+    assert torch.equal(again.cls, fresh.cls)
+    assert len(list(cache.glob("*.pt"))) == 2

@@ -5,9 +5,9 @@ One forward pass per image gives everything the probes need: the CLS token, the 
 through the final norm and concatenated on the feature axis (FINO's attention-pooling probe). Patch tokens are kept
 in float16 because they are P x 4D per image.
 
-The cache key is a hash of the backbone weights themselves, the selected rows (paths, table file
-size and mtime), the preprocessing and what was extracted — so a retrained model or an edited table
-never reuses stale features.
+The cache key is a hash of the backbone weights themselves, the selected rows (the table's fingerprint), each
+selected image file's identity (size and mtime in nanoseconds: one ``stat`` per file, no reading), the preprocessing
+and what was extracted — so a retrained model, an edited table or replaced images never reuse stale features.
 """
 
 from __future__ import annotations
@@ -73,12 +73,26 @@ def weights_digest(backbone: Backbone) -> str:
     return h.hexdigest()
 
 
+def images_digest(paths: list[Path]) -> str:
+    """sha256 over each image file's path, size and mtime_ns (a file that cannot be stat'ed counts as missing)."""
+    h = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            ident = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            ident = "missing"
+        h.update(f"{path}\0{ident}\1".encode())
+    return h.hexdigest()
+
+
 def cache_key(model_digest: str, table: MetadataTable, preprocessing: Preprocessing, patch_blocks: int) -> str:
     payload = json.dumps(
         {
             "v": CACHE_VERSION,
             "model": model_digest,
             "rows": table.fingerprint(),
+            "images": images_digest(table.paths),
             "n": len(table),
             "pre": preprocessing.to_dict(),
             "patch_blocks": patch_blocks,
