@@ -56,6 +56,9 @@ def test_export_refuses_non_empty_target(tmp_path, image_table):
     with pytest.raises(UserError, match="not empty"):
         export_run(tmp_path / "run", tmp_path / "busy")
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+    with pytest.raises(UserError, match="does not hold an earlier metadino export"):  # --overwrite or not
+        export_run(tmp_path / "run", tmp_path / "busy", overwrite=True)
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["keep.txt"]
     with pytest.raises(UserError, match="not a metadino run"):
         export_run(tmp_path / "busy", tmp_path / "x")
 
@@ -141,3 +144,24 @@ def test_adapter_only_export_of_a_builtin_lora_run_keeps_its_random_base(tmp_pat
     train(config_from_dict(tiny_config(image_table, train={"steps": 1})), tmp_path / "full", progress=False)
     with pytest.raises(UserError, match="adapter-only export needs a LoRA run"):
         export_run(tmp_path / "full", tmp_path / "x", merge_lora=False)
+
+
+def test_overwriting_an_adapter_export_with_a_merged_one_leaves_no_stale_file(tmp_path, image_table):
+    """Before: adapter_config.json, metadino_adapter.json and base/ survived and were loaded instead of the new model."""
+    lora = {"mode": "lora", "lora": {"rank": 2, "target_modules": ["mlp"]}}
+    train(config_from_dict(tiny_config(image_table, adapt=lora, **_MOVING)), tmp_path / "lora", progress=False)
+    train(config_from_dict(tiny_config(image_table, **{**_MOVING, "train": {"steps": 2}})), tmp_path / "full",
+          progress=False)
+    out = tmp_path / "export"
+    export_run(tmp_path / "lora", out, merge_lora=False)
+    assert (out / "metadino_adapter.json").is_file() and (out / "base").is_dir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="pass --overwrite"):
+        export_run(tmp_path / "full", out)
+    export_run(tmp_path / "full", out, overwrite=True)
+
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "notes.txt", "preprocessing.json"]
+    rows = load_table(image_table, image_column="path")
+    new = _embeddings(str(tmp_path / "full"), rows)
+    torch.testing.assert_close(_embeddings(str(out), rows), new, rtol=0, atol=0)
+    assert not torch.allclose(_embeddings(str(tmp_path / "lora"), rows), new)

@@ -10,11 +10,18 @@ directory (``adapter_config.json`` + ``adapter_model.safetensors``, readable by
 ``PeftModel.from_pretrained(base, dir)``) plus ``metadino_adapter.json`` (how to rebuild the base, and
 its fingerprint) and ``preprocessing.json``; a randomly initialised base (``builtin:``) is saved in
 ``base/`` since it cannot be rebuilt otherwise. :func:`load_model` reads it and merges.
+
+``export --overwrite`` replaces only an earlier export: a folder holding ``preprocessing.json`` and either
+``config.json`` (a merged export) or ``metadino_adapter.json`` (an adapter-only one). Before the new export is
+written, exactly the files an export writes (:data:`EXPORT_FILES`, sharded weights, ``base/`` of an adapter export)
+are removed, so no file of the earlier export is loaded in place of the new model; any other file stays. Any other
+non-empty folder is refused, with or without ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +36,51 @@ from metadino.models.preprocessing import Preprocessing
 from metadino.models.registry import build_backbone, registered_prefixes
 from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.factory import adapt_backbone, build_backbone_from_config, preprocessing_from_config
+
+
+# What an export writes (models/directory.py, a transformers save_pretrained, models/adapt.save_adapter); weights
+# sharded by transformers match _SHARD.
+EXPORT_FILES = frozenset({
+    "config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+    "pytorch_model.bin.index.json", "generation_config.json", PREPROCESSING_FILE, "adapter_config.json",
+    "adapter_model.safetensors", "adapter_model.bin", METADINO_ADAPTER_FILE,
+})
+_SHARD = re.compile(r"(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)")
+_BASE_DIR = "base"
+
+
+def is_export_dir(path: Path) -> bool:
+    """Whether `path` holds an earlier export (merged or adapter-only), recognised by its files."""
+    return (path / PREPROCESSING_FILE).is_file() and (
+        (path / "config.json").is_file() or (path / METADINO_ADAPTER_FILE).is_file())
+
+
+def _remove_export_files(directory: Path) -> None:
+    """Delete the files an export writes in `directory` (and its ``base/``, removed when left empty)."""
+    for entry in directory.iterdir():
+        if entry.is_file() and (entry.name in EXPORT_FILES or _SHARD.fullmatch(entry.name)):
+            entry.unlink()
+    base = directory / _BASE_DIR
+    if base.is_dir() and not base.is_symlink():
+        for entry in base.iterdir():
+            if entry.is_file() and (entry.name in EXPORT_FILES or _SHARD.fullmatch(entry.name)):
+                entry.unlink()
+        if not any(base.iterdir()):
+            base.rmdir()
+
+
+def _check_export_out(out: Path, overwrite: bool) -> bool:
+    """Refuse an `out` the export may not write into; True when an earlier export there is to be replaced."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; give a folder for the exported model.")
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    if not is_export_dir(out):
+        raise UserError(f"'{out}' is not empty and does not hold an earlier metadino export; choose another --out "
+                        "(--overwrite replaces only an earlier export).")
+    if not overwrite:
+        raise UserError(f"'{out}' exists and is not empty; choose another --out or pass --overwrite.")
+    return True
 
 
 def is_run_dir(path: Path) -> bool:
@@ -89,7 +141,8 @@ def _write_adapter_export(backbone: Backbone, cfg: Config, out: Path) -> Path:
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, merge_lora: bool = True) -> Path:
-    """Write the teacher backbone of `run_dir` to `out` (refuses to touch a non-empty `out`).
+    """Write the teacher backbone of `run_dir` to `out`: a new or empty folder, or with `overwrite` an earlier
+    export, whose export files are removed first (module docstring); any other non-empty folder is refused.
 
     LoRA runs: ``merge_lora=True`` folds the adapters into a plain model (transformers directory for HF
     backbones); ``merge_lora=False`` writes the adapter only (see the module docstring).
@@ -97,15 +150,14 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False,
     run_dir, out = Path(run_dir), Path(out)
     if not is_run_dir(run_dir):
         raise UserError(f"'{run_dir}' is not a metadino run directory (no config.yaml and checkpoints/).")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' is a file; give a folder for the exported model.")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"'{out}' exists and is not empty; choose another --out or pass --overwrite.")
+    replace_earlier = _check_export_out(out, overwrite)
     backbone, cfg = _run_backbone(run_dir)
+    if not merge_lora and cfg.adapt.mode != "lora":
+        raise UserError(f"an adapter-only export needs a LoRA run, but '{run_dir}' was trained with "
+                        f"adapt.mode: {cfg.adapt.mode}; export it without --adapter-only.")
+    if replace_earlier:  # only once the new model is in hand: a failed load leaves the earlier export intact
+        _remove_export_files(out)
     if not merge_lora:
-        if cfg.adapt.mode != "lora":
-            raise UserError(f"an adapter-only export needs a LoRA run, but '{run_dir}' was trained with "
-                            f"adapt.mode: {cfg.adapt.mode}; export it without --adapter-only.")
         return _write_adapter_export(backbone, cfg, out)
     return write_export(backbone, out, preprocessing_from_config(cfg, backbone))
 
