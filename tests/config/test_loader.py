@@ -18,6 +18,7 @@ from metadino.config import (
     diff_configs,
     load_config,
     parse_override,
+    read_yaml,
     save_config,
 )
 from metadino.config.loader import from_plain
@@ -194,3 +195,64 @@ def test_a_saved_config_from_before_the_new_keys_resumes_only_at_their_neutral_v
                                                           "guidance.lambda.start", "ssl.gram"]
     del old["ssl"]["koleo_loss_weight"]  # any other missing key still counts
     assert diff_configs(old, config_to_dict(make())) == ["ssl.koleo_loss_weight"]
+
+
+def test_a_key_given_twice_is_an_error_naming_the_file_the_key_and_the_lines(tmp_path):
+    """Before: the second `train:` silently replaced the first (a 3-step run became a 1000-step one)."""
+    path = tmp_path / "cfg.yaml"
+    text = yaml.safe_dump({**BASE, "train": {"steps": 3}}, sort_keys=False) + "train:\n  batch_size: 2\n"
+    path.write_text(text)
+    second = text.splitlines().index("train:", text.splitlines().index("train:") + 1) + 1
+    first = text.splitlines().index("train:") + 1
+    with pytest.raises(UserError, match=rf"'{path}' has the key 'train' twice .*lines {first} and {second}"):
+        read_yaml(path)
+    path.write_text("optim:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(UserError, match=r"key 'lr' twice .*lines 2 and 3"):
+        load_config(path)
+    with pytest.raises(UserError, match="'split' is given twice"):
+        parse_override("data.rows={split: train, split: test}")
+    path.write_text("a: &base {p: 1, q: 2}\nb:\n  <<: *base\n  p: 3\n")  # a merge key may be overridden
+    assert read_yaml(path) == {"a": {"p": 1, "q": 2}, "b": {"p": 3, "q": 2}}
+
+
+def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("optim:\n  lr: 1e-4\n  weight_decay: 5E-2\nx: [5E3, -2e+2, 1.5e-3, '1e-4', e5, 1e]\n")
+    data = read_yaml(path)
+    assert data["optim"] == {"lr": 1e-4, "weight_decay": 0.05}
+    assert data["x"] == [5000.0, -200.0, 0.0015, "1e-4", "e5", "1e"]
+    assert parse_override("optim.lr=1e-4") == (["optim", "lr"], 1e-4)
+    path.write_text(yaml.safe_dump(BASE) + "optim:\n  lr: 1e-4\n")
+    assert load_config(path).optim.lr == 1e-4
+
+
+def test_a_relative_data_root_resolves_against_the_config_file_like_the_table(tmp_path, monkeypatch):
+    (tmp_path / "cfgs").mkdir()
+    path = tmp_path / "cfgs" / "cfg.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "data": {**BASE["data"], "root": "../images"}}))
+    monkeypatch.chdir(tmp_path.parent)
+    cfg = load_config(path)
+    assert cfg.data.root == str((tmp_path / "images").resolve())
+    assert cfg.data.table == str((tmp_path / "cfgs" / BASE["data"]["table"]).resolve())
+    assert load_config(path, ["data.root=imgs"]).data.root == str((tmp_path.parent / "imgs").resolve())  # cwd
+    path.write_text(yaml.safe_dump({**BASE, "data": {**BASE["data"], "root": "/abs/images"}}))
+    assert load_config(path).data.root == "/abs/images"
+
+
+def test_save_config_is_atomic_a_failed_write_leaves_the_earlier_file(tmp_path, monkeypatch):
+    import pathlib
+
+    path = tmp_path / "config.yaml"
+    save_config(make(train={"steps": 7}), path)
+    before = path.read_text()
+    real = pathlib.Path.write_text
+
+    def half_then_full_disk(self, text, *a, **k):
+        real(self, text[: len(text) // 2], *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", half_then_full_disk)
+    with pytest.raises(OSError):
+        save_config(make(train={"steps": 8}), path)
+    monkeypatch.undo()
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

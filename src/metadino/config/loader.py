@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -28,8 +29,11 @@ if TYPE_CHECKING:
 _T = TypeVar("_T", bound="DataclassInstance")
 
 # Keys that may change when a run is resumed; anything else must match the saved config.
+# Keys a resumed run may change: none of them changes what the run computes. train.steps is not among them (every
+# schedule is a function of the total, so a new total would bend the rest of the LR / EMA / temperature curves).
 RESUMABLE_CHANGES = frozenset(
-    {"train.steps", "train.num_workers", "train.device", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every"}
+    {"train.num_workers", "train.device", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+     "train.on_nonfinite", "train.max_skipped_steps"}
 )
 
 # Keys added after runs had been saved, at the value that reproduces the behaviour from before they existed: a saved
@@ -39,6 +43,8 @@ NEUTRAL_NEW_KEYS: dict[str, Any] = {
     "ssl.gram.clip_negatives": "none",
     "guidance.balance_momentum": 0.0,
     "guidance.lambda.start": "step0",
+    "train.on_nonfinite": "stop",
+    "train.max_skipped_steps": 10,
 }
 
 _UNION_ORIGINS = (typing.Union, types.UnionType)
@@ -185,6 +191,49 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 # Text -> plain data
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping holds the same key twice (lines are 1-based)."""
+
+    def __init__(self, key: Any, first_line: int, line: int) -> None:
+        super().__init__(f"duplicate key {key!r} (lines {first_line} and {line})")
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (PyYAML keeps the last one silently: a second
+    ``train:`` section would replace the first) and reads scientific notation without a dot (``1e-4``, ``5E3``) as a
+    float, as YAML 1.2 does (PyYAML follows YAML 1.1, where it is a string). Keys merged in with ``<<:`` may be
+    overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(key, seen[key], line)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml_text(text: str) -> Any:
+    """`text` parsed by :class:`StrictLoader` (raises yaml.YAMLError, :class:`DuplicateKeyError` included)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (["a","b","c"], parsed value). The value is parsed as YAML (so 3 is an int)."""
     if "=" not in text:
@@ -194,7 +243,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"override '{text}' has an empty key; write it as key.sub=value.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml_text(raw) if raw.strip() else ""
+    except DuplicateKeyError as e:
+        raise UserError(f"override '{text}': the key {e.key!r} is given twice.") from None
     except yaml.YAMLError:
         raise UserError(f"override '{text}': the value '{raw}' is not valid YAML.") from None
     return key.split("."), value
@@ -217,12 +268,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file holding a mapping (an empty file is an empty mapping)."""
+    """A YAML file holding a mapping (an empty file is an empty mapping), read by :class:`StrictLoader`: a key given
+    twice in one section is an error naming it and its lines; ``1e-4`` is a float."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file '{p}' does not exist.")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml_text(p.read_text())
+    except DuplicateKeyError as e:
+        raise UserError(f"config file '{p}' has the key '{e.key}' twice in one section (lines {e.first_line} and "
+                        f"{e.line}); keep one, since the second would silently replace the first.") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -253,18 +308,32 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """YAML file (or defaults when None) + dotted overrides -> validated config.
 
-    A relative `data.table` in the YAML file is resolved against the file's folder, so configs
-    can travel with their data.
+    A relative `data.table` or `data.root` in the YAML file is resolved against the file's folder, so configs
+    can travel with their data; given as overrides, they are relative to the working directory.
     """
     data = read_yaml(path) if path is not None else {}
-    table = (data.get("data") or {}).get("table") if isinstance(data.get("data"), dict) else None
-    if path is not None and isinstance(table, str) and table and not Path(table).is_absolute():
-        data["data"]["table"] = str((Path(path).parent / table).resolve())
+    if path is not None:
+        _resolve_paths(data, Path(path).parent)
     data = apply_overrides(data, list(overrides))
-    table = data.get("data", {}).get("table") if isinstance(data.get("data"), dict) else None
-    if isinstance(table, str) and table:  # overrides are relative to the working directory
-        data["data"]["table"] = str(Path(table).resolve())
+    _resolve_paths(data, Path.cwd())
     return config_from_dict(data)
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make a relative `data.table` / `data.root` absolute against `base` (an absolute table is resolved too, an
+    absolute root is kept as given)."""
+    section = data.get("data")
+    if not isinstance(section, dict):
+        return
+    for key in ("table", "root"):
+        value = section.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            section[key] = str((base / path).resolve())
+        elif key == "table":
+            section[key] = str(path.resolve())
 
 
 def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = None) -> None:
@@ -272,7 +341,10 @@ def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = No
     data = config_to_dict(cfg)
     if extra:
         data["_run"] = extra
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    # imported here: importing the config package loads nothing of the layers below (tests/config/test_schema.py)
+    from metadino.files import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(data, sort_keys=False))
 
 
 def _neutral(path: str, value: Any, neutral: dict[str, Any]) -> bool:
