@@ -145,9 +145,50 @@ def test_fingerprint(table_dir):
     assert a == load_table(path, image_column="path").fingerprint() and len(a) == 16
     b = load_table(path, image_column="path", rows={"split": 1}).fingerprint()
     assert b != a
+    # the content counts, not the file's mtime: a rewrite with identical content resumes, an edited cell does not
+    text = path.read_text()
+    path.write_text(text)
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert load_table(path, image_column="path").fingerprint() == a
+    path.write_text(text.replace("U2OS", "U2OS-b"))
     assert load_table(path, image_column="path").fingerprint() != a
+    path.write_text(text.replace("10.5", "10.25"))
+    assert load_table(path, image_column="path").fingerprint() != a
+    path.write_text(text.replace("path,cell_line", "path,cell"))
+    assert load_table(path, image_column="path").fingerprint() != a
+
+
+def test_the_fingerprint_follows_the_selected_rows_only(table_dir):
+    path = table_dir / "meta.csv"
+    text = path.read_text()
+    a = load_table(path, image_column="path", rows={"split": 1}).fingerprint()
+    path.write_text(text.replace("img/b.png,NA,2,", "img/b.png,HeLa,2,7"))  # a row outside the selection
+    assert load_table(path, image_column="path", rows={"split": 1}).fingerprint() == a
+    assert load_table(path, image_column="path", rows={"split": 2}).fingerprint() != a
+
+
+def test_a_column_name_given_twice_is_an_error_naming_the_file_and_the_column(tmp_path):
+    """Before: pandas renamed the second 'a' to 'a.1' and a guide on 'a' silently read the first."""
+    import gzip
+
+    _touch(tmp_path, "x.png")
+    (tmp_path / "meta.csv").write_text("path,a,b,a\nx.png,1,2,3\n")
+    with pytest.raises(UserError, match=r"meta.csv has the column 'a' twice in its header \(columns 2 and 4\)"):
+        load_table(tmp_path / "meta.csv", image_column="path")
+    (tmp_path / "meta.tsv.gz").write_bytes(gzip.compress(b"path\tb\tb\nx.png\t1\t2\n"))
+    with pytest.raises(UserError, match="meta.tsv.gz has the column 'b' twice"):
+        load_table(tmp_path / "meta.tsv.gz", image_column="path")
+    (tmp_path / "ok.csv").write_text("path,a,a.1,,\nx.png,1,2,,\n")  # distinct names and blank cells are fine
+    assert list(load_table(tmp_path / "ok.csv", image_column="path").frame.columns)[:3] == ["path", "a", "a.1"]
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_arrays([pa.array(["x.png"]), pa.array([1]), pa.array([2])], names=["path", "c", "c"]),
+                   tmp_path / "meta.parquet")
+    with pytest.raises(UserError, match=r"meta.parquet has the column 'c' twice in its schema"):
+        load_table(tmp_path / "meta.parquet", image_column="path")
 
 
 @pytest.mark.parametrize(

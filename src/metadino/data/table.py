@@ -55,18 +55,24 @@ class MetadataTable:
         return len(self.paths)
 
     def fingerprint(self) -> str:
-        """Short sha256 over (sorted columns, image paths, table file size and mtime) for run provenance."""
+        """Short sha256 over the selection's content, for run provenance (resume) and the feature cache.
+
+        It covers the column names and dtypes, every cell of the selected rows (pandas' vectorised hash, about a
+        second per million rows), their "row N" numbers and image paths. Not the file's mtime or size: a table
+        rewritten with identical content keeps its fingerprint; any changed cell, column or selection changes it.
+        """
         h = hashlib.sha256()
-        for column in sorted(str(c) for c in self.frame.columns):
-            h.update(column.encode() + b"\0")
-        h.update(b"\1")
+        for column in sorted(self.frame.columns, key=str):
+            series = self.frame[column]
+            h.update(f"{column}\0{series.dtype}\0".encode())
+            try:
+                hashed = pd.util.hash_pandas_object(series, index=False)
+            except (TypeError, ValueError):  # cells holding lists or arrays (Parquet): hash their text
+                hashed = pd.util.hash_pandas_object(series.map(repr), index=False)
+            h.update(hashed.to_numpy().tobytes())
+        h.update(b"\1" + np.asarray(self.row_numbers, dtype=np.int64).tobytes())
         for path in self.paths:
             h.update(str(path).encode() + b"\0")
-        try:
-            stat = self.source.stat()
-            h.update(f"\1{stat.st_size}:{stat.st_mtime_ns}".encode())
-        except OSError:
-            h.update(b"\1missing")
         return h.hexdigest()[:16]
 
 
@@ -185,10 +191,16 @@ def _read(source: Path, missing_values: Sequence[str]) -> pd.DataFrame:
     missing = list(missing_values)
     try:
         if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            _check_unique_columns(list(pq.read_schema(source).names), name, "schema")
             frame = pd.read_parquet(source)
             return _blank_missing_tokens(frame, missing)
         sep = "," if suffix == ".csv" else "\t"
+        _check_unique_columns(_header(source, sep), name, "header")
         return pd.read_csv(source, sep=sep, keep_default_na=False, na_values=missing, skipinitialspace=False)
+    except UserError:
+        raise
     except pd.errors.EmptyDataError as err:
         raise UserError(f"table {name} is empty; write a header line and one row per image") from err
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
@@ -198,6 +210,27 @@ def _read(source: Path, missing_values: Sequence[str]) -> pd.DataFrame:
         ) from err
     except Exception as err:  # pyarrow raises its own error types for corrupt files
         raise UserError(f"cannot read table {name}: {type(err).__name__}: {err}; check the file") from err
+
+
+def _header(source: Path, sep: str) -> list[str]:
+    """The header cells of a delimited file as written (pandas renames a repeated ``a`` to ``a.1`` when it reads the
+    header as names): its first record read as data, by the parser, quoting and decompression of the real read."""
+    first = pd.read_csv(source, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+    return [str(v) for v in first.iloc[0].tolist()] if len(first) else []
+
+
+def _check_unique_columns(names: Sequence[str], name: str, where: str) -> None:
+    """A column name given twice (blank header cells aside) is an error naming it and its positions."""
+    seen: dict[str, int] = {}
+    for i, column in enumerate(names, start=1):
+        if not str(column).strip():
+            continue
+        if str(column) in seen:
+            raise UserError(
+                f"{name} has the column '{column}' twice in its {where} (columns {seen[str(column)]} and {i}); "
+                "rename or remove one, so that every column has its own name"
+            )
+        seen[str(column)] = i
 
 
 def _blank_missing_tokens(frame: pd.DataFrame, missing: list[str]) -> pd.DataFrame:
