@@ -229,3 +229,40 @@ def test_the_feature_cache_notices_replaced_image_files_with_the_table_untouched
     assert not torch.equal(again.cls, first.cls)
     assert torch.equal(again.cls, fresh.cls)
     assert len(list(cache.glob("*.pt"))) == 2
+
+
+def test_eval_warns_once_on_stderr_when_train_and_test_rows_overlap(setup, capsys):
+    table, model, tmp = setup
+    _eval(table, model, tmp / "disjoint", report=False)
+    assert "warning" not in capsys.readouterr().err
+    m = _eval(table, model, tmp / "overlap", train_rows={"split": ["train", "test"]}, report=False)
+    n = m["info"]["train_test_overlap_rows"]
+    assert n == 12
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warning == [f"warning: {n} rows are in both the train and the test selection; the test metrics are "
+                       "optimistic. Make --train-rows and --test-rows disjoint."]
+
+
+def test_metrics_json_and_report_md_are_written_atomically(setup, monkeypatch):
+    """A full disk while writing leaves the earlier metrics.json / report.md whole, and no temporary file."""
+    import pathlib
+
+    table, model, tmp = setup
+    out = tmp / "out"
+    _eval(table, model, out)
+    before = {name: (out / name).read_text() for name in ("metrics.json", "report.md")}
+    real = pathlib.Path.write_text
+
+    for name in before:
+        def half_then_full_disk(self, text, *a, _name=name, **k):
+            if _name not in self.name:
+                return real(self, text, *a, **k)
+            real(self, text[: len(text) // 2], *a, **k)
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(pathlib.Path, "write_text", half_then_full_disk)
+        with pytest.raises(OSError):
+            _eval(table, model, out, k=3)
+        monkeypatch.undo()
+        assert (out / name).read_text() == before[name]  # the earlier one, whole
+        assert [p.name for p in out.iterdir() if p.name.startswith(".") and "tmp" in p.name] == []

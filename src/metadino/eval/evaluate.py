@@ -13,6 +13,7 @@ train rows; neighbour purity is measured on the train rows (``purity``) and, sep
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from metadino.eval.leakage import leakage_table
 from metadino.eval.linear import carve_validation, fit_linear_probe
 from metadino.eval.metrics import classification_metrics, multilabel_metrics
 from metadino.eval.purity import check_categorical, purity_metrics
-from metadino.files import claim_output_dir
+from metadino.files import atomic_write_text, claim_output_dir
 from metadino.models.backbone import Backbone
 from metadino.models.preprocessing import Preprocessing
 
@@ -222,7 +223,10 @@ def evaluate(
             "group_column": group_column, "seconds": round(time.perf_counter() - t0, 1),
         },
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if metrics["info"]["train_test_overlap_rows"]:
+        print(f"warning: {metrics['info']['train_test_overlap_rows']} rows are in both the train and the test "
+              "selection; the test metrics are optimistic. Make --train-rows and --test-rows disjoint.", file=sys.stderr)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if report:
         from metadino.eval.report import write_report
 

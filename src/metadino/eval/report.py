@@ -18,6 +18,7 @@ import numpy as np
 
 from metadino.config import read_yaml
 from metadino.errors import UserError
+from metadino.files import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,6 +37,11 @@ def _pyplot() -> ModuleType:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    """A figure as PNG, atomically (a crash leaves the earlier plot or none, never half of one)."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def _fmt(v: Any) -> str:
@@ -136,7 +142,7 @@ def plot_pca(path: Path, x: np.ndarray, frame: pd.DataFrame, columns: Sequence[s
     for ax, col in zip(axes[0], columns):
         _scatter(ax, xy, frame[col], f"PCA coloured by {col}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -160,7 +166,7 @@ def plot_confusion(path: Path, y_true: np.ndarray, pred: np.ndarray, classes: Se
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -207,7 +213,7 @@ def plot_training_curves(path: Path, rows: list[dict[str, Any]], dino_out_dim: i
     if guide_keys:
         axes[0][1].set_title("guide losses", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -279,6 +285,4 @@ def write_report(
     if run_metrics.is_file():
         if plot_training_curves(plots / "training.png", read_metrics_jsonl(run_metrics), _dino_out_dim(Path(model))):
             lines += ["![training curves](plots/training.png)", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
