@@ -163,3 +163,21 @@ def test_broken_files_raise_user_error_naming_the_path(tmp_path):
 def test_uppercase_suffix_and_str_path(tmp_path):
     path = _png(tmp_path / "UP.PNG", np.zeros((2, 2), np.uint8))
     assert load_image(str(path)).shape == (1, 2, 2)
+
+
+@pytest.mark.parametrize(("orientation", "bright"), [(6, "top"), (8, "bottom"), (3, "right"), (1, "left")])
+def test_exif_orientation_is_honoured(tmp_path, orientation, bright):
+    """A JPEG stored sideways with an orientation tag is read as displayed (before: as stored)."""
+    pixels = np.zeros((16, 32, 3), dtype=np.uint8)
+    pixels[:, :16] = 255  # stored: the left half is white
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "sideways.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    x = load_image(path)
+    h, w = (32, 16) if orientation in (6, 8) else (16, 32)
+    assert x.shape == (3, h, w)
+    halves = {"top": x[:, : h // 2].mean() - x[:, h // 2 :].mean(), "bottom": x[:, h // 2 :].mean() - x[:, : h // 2].mean(),
+              "left": x[:, :, : w // 2].mean() - x[:, :, w // 2 :].mean(),
+              "right": x[:, :, w // 2 :].mean() - x[:, :, : w // 2].mean()}
+    assert halves[bright] > 0.9

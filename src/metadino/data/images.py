@@ -13,7 +13,8 @@ Channel layout of 3-D arrays (TIFF and ``.npy``): the channel axis is the **firs
 length is ``<= 64`` **and strictly smaller than both other axes**. So ``[4, 512, 512]`` is channel-first
 and ``[512, 512, 4]`` channel-last. Arrays where no axis qualifies (``[64, 64, 64]``, ``[3, 3, 3]``,
 ``[100, 512, 512]``) are rejected as ambiguous or volumetric. 2-D arrays are one channel. Pillow
-images are always channel-last.
+images are always channel-last, and turned upright by their EXIF orientation tag (a phone or camera JPEG stored
+sideways is read as it is displayed).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ MAX_CHANNELS = 64  # a 3-D array's channel axis must be at most this long (see t
 
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
 _TIFF_SUFFIXES = (".tif", ".tiff")
+_EXIF_ORIENTATION = 0x0112
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -74,13 +76,15 @@ def load_image(path: str | Path) -> torch.Tensor:
 
 
 def _read_pil(path: Path) -> np.ndarray:
-    """PNG/JPEG -> ``[C, H, W]`` array with the file's integer dtype."""
-    from PIL import Image
+    """PNG/JPEG -> ``[C, H, W]`` array with the file's integer dtype, upright by its EXIF orientation."""
+    from PIL import Image, ImageOps
 
     with Image.open(path) as opened:
         opened.load()  # force the full decode here so truncation is caught inside the caller's guard
         mode = opened.mode
         img: Image.Image = opened
+        if opened.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # only then: exif_transpose copies the image
+            img = ImageOps.exif_transpose(opened)
         if mode == "P":
             img = img.convert("RGB")
         elif mode == "PA":
