@@ -165,3 +165,27 @@ def test_overwriting_an_adapter_export_with_a_merged_one_leaves_no_stale_file(tm
     new = _embeddings(str(tmp_path / "full"), rows)
     torch.testing.assert_close(_embeddings(str(out), rows), new, rtol=0, atol=0)
     assert not torch.allclose(_embeddings(str(tmp_path / "lora"), rows), new)
+
+
+def test_preprocessing_json_is_written_atomically(tmp_path, monkeypatch):
+    import pathlib
+    from dataclasses import replace
+
+    from metadino.models.directory import read_preprocessing, write_preprocessing
+    from testkit import write_tiny_model
+
+    export = write_tiny_model(tmp_path / "model")
+    before = (export / "preprocessing.json").read_text()
+    pre = read_preprocessing(export)
+    real = pathlib.Path.write_text
+
+    def half_then_full_disk(self, text, *a, **k):
+        real(self, text[: len(text) // 2], *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", half_then_full_disk)
+    with pytest.raises(OSError):
+        write_preprocessing(export, replace(pre, image_size=64))
+    monkeypatch.undo()
+    assert (export / "preprocessing.json").read_text() == before
+    assert not [p for p in export.iterdir() if p.name.startswith(".")]

@@ -37,7 +37,6 @@ from metadino.models.registry import build_backbone, registered_prefixes
 from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.factory import adapt_backbone, build_backbone_from_config, preprocessing_from_config
 
-
 # What an export writes (models/directory.py, a transformers save_pretrained, models/adapt.save_adapter); weights
 # sharded by transformers match _SHARD.
 EXPORT_FILES = frozenset({

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from metadino.errors import UserError
+from metadino.files import atomic_write_text
 from metadino.models.adapt import merged_copy
 from metadino.models.backbone import Backbone, load_backbone_state
 from metadino.models.channels import expand_patch_embed_weight
@@ -36,7 +37,8 @@ def write_export(backbone: Backbone, directory: str | Path, preprocessing: Prepr
 
 
 def write_preprocessing(directory: Path, preprocessing: Preprocessing) -> None:
-    (directory / PREPROCESSING_FILE).write_text(json.dumps(preprocessing.to_dict(), indent=2) + "\n")
+    """Write ``preprocessing.json`` atomically (a crash leaves the earlier file or none, never half of one)."""
+    atomic_write_text(directory / PREPROCESSING_FILE, json.dumps(preprocessing.to_dict(), indent=2) + "\n")
 
 
 def read_preprocessing(directory: Path) -> Preprocessing | None:
