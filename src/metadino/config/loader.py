@@ -191,7 +191,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 # Text -> plain data
 
 
-class DuplicateKeyError(yaml.YAMLError):
+class DuplicateKeyError(yaml.YAMLError):  # type: ignore[misc]  # PyYAML ships no type stubs
     """A mapping holds the same key twice (lines are 1-based)."""
 
     def __init__(self, key: Any, first_line: int, line: int) -> None:
@@ -199,7 +199,7 @@ class DuplicateKeyError(yaml.YAMLError):
         self.key, self.first_line, self.line = key, first_line, line
 
 
-class StrictLoader(yaml.SafeLoader):
+class StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
     """``yaml.SafeLoader`` that refuses a key repeated in one mapping (PyYAML keeps the last one silently: a second
     ``train:`` section would replace the first) and reads scientific notation without a dot (``1e-4``, ``5E3``) as a
     float, as YAML 1.2 does (PyYAML follows YAML 1.1, where it is a string). Keys merged in with ``<<:`` may be
@@ -219,7 +219,8 @@ class StrictLoader(yaml.SafeLoader):
                     seen[key] = line
                 except TypeError:  # an unhashable key: the base class reports it
                     continue
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 StrictLoader.add_implicit_resolver(
