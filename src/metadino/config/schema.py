@@ -52,6 +52,15 @@ class DataConfig:
     missing_values: list[str] = opt(
         ["", "NA", "NaN", "nan", "None", "null"], "Cell values that mean 'unknown' in the metadata columns."
     )
+    bad_images: Literal["strict", "skip"] = opt(
+        "strict",
+        "Every selected image is decoded once before the first step (cached per file). An image that does not "
+        "decode, has other than model.in_chans channels or NaN/inf pixels: strict stops before training and lists "
+        "all bad rows; skip trains without them and lists them in RUN_DIR/skipped_rows.csv.",
+    )
+    max_bad_fraction: float = opt(
+        0.0, "With bad_images: skip, the largest share of selected rows (0..1) that may be skipped; more stops the run."
+    )
 
 
 @dataclass

@@ -28,6 +28,11 @@ def _check_range(pair: tuple[float, float], key: str, lo: float, hi: float) -> N
 def validate_data(cfg: Config) -> None:
     _check(bool(cfg.data.table), "data.table", "is required: the CSV or Parquet file listing your images.")
     _check(bool(cfg.data.image_column), "data.image_column", "must name the column holding image paths.")
+    # The loader already rejects other names (a Literal); this covers a Config built in code.
+    _check(cfg.data.bad_images in ("strict", "skip"), "data.bad_images",
+           f"unknown policy '{cfg.data.bad_images}'; choose strict or skip.")
+    f = cfg.data.max_bad_fraction
+    _check(0.0 <= f <= 1.0, "data.max_bad_fraction", f"must be a share in [0, 1], got {f}.")
 
 
 def validate_model(cfg: Config) -> None:

@@ -54,6 +54,14 @@ class MetadataTable:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def subset(self, indices: Sequence[int]) -> MetadataTable:
+        """The rows at `indices` (positions ``0..n-1`` of this selection, kept in the given order); each keeps its
+        "row N" and path, so messages and :meth:`fingerprint` follow the rows that remain."""
+        idx = [int(i) for i in indices]
+        frame = self.frame.iloc[idx].reset_index(drop=True)
+        return MetadataTable(source=self.source, frame=frame, paths=[self.paths[i] for i in idx],
+                             row_numbers=[self.row_numbers[i] for i in idx], image_column=self.image_column)
+
     def fingerprint(self) -> str:
         """Short sha256 over the selection's content, for run provenance (resume) and the feature cache.
 

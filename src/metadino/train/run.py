@@ -8,6 +8,7 @@ RNG | new: per-rank seed) -> data loader (its own generator, so loader start-up 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 from metadino.config import RESUMABLE_CHANGES, Config, config_to_dict, diff_configs, save_config
 from metadino.data.batch import Batch
 from metadino.data.dataset import SSLDataset, StepSampler, collate_crops
+from metadino.data.preflight import SKIPPED_ROWS_FILE, BadRow, available_cores, check_images, write_skipped_rows
 from metadino.data.regions import load_regions
 from metadino.data.table import MetadataTable, load_table
 from metadino.data.targets import ColumnEncoder, TableTargets, save_vocab
@@ -103,16 +105,28 @@ def _check_resume_compatible(saved: dict[str, Any], cfg: Config, run_dir: Path, 
         )
 
 
-def _load_data(cfg: Config) -> tuple[MetadataTable, dict[str, ColumnEncoder], Any]:
-    """The table, the encoders of guided columns and the label-guided regions: every data error (file, row,
-    column) surfaces here, before any compute."""
+def _load_data(cfg: Config) -> tuple[MetadataTable, dict[str, ColumnEncoder], Any, list[BadRow]]:
+    """The table, the encoders of guided columns, the label-guided regions and the rows skipped for bad images
+    (``data.bad_images: skip``; the caller lists them in the run directory): every data error (file, row, column,
+    image) surfaces here, before any compute."""
     d, lg = cfg.data, cfg.crops.label_guided
     table = load_table(d.table, image_column=d.image_column, root=d.root, rows=d.rows, missing_values=d.missing_values)
-    encoders = build_encoders(cfg, table)
+    encoders = build_encoders(cfg, table)  # column errors first: they cost no decoding
+    main = int(os.environ.get("RANK", "0")) == 0
+    checked = check_images(table, in_chans=cfg.model.in_chans, policy=d.bad_images, max_bad_fraction=d.max_bad_fraction,
+                           global_size=cfg.crops.global_size, batch_size=cfg.train.batch_size,
+                           workers=max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
+                           progress=None if main else False)
+    if main:
+        for line in checked.warnings:
+            print(line, file=sys.stderr)
+    if checked.bad:  # skipped (strict has raised): the rows trained on are the table's fingerprint from here on
+        table = checked.table
+        encoders = build_encoders(cfg, table)
     regions = None
     if lg.share > 0:
         regions = load_regions(table, bbox_columns=lg.bbox_columns, mask_column=lg.mask_column, root=d.root)
-    return table, encoders, regions
+    return table, encoders, regions, checked.bad
 
 
 def _build_task(cfg: Config, encoders: dict[str, ColumnEncoder], device: torch.device) -> SSLTask:
@@ -176,7 +190,7 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
-    table, encoders, regions = _load_data(cfg)
+    table, encoders, regions, skipped = _load_data(cfg)
     task = _build_task(cfg, encoders, device)
     optimizer = build_optimizer(cfg, task)
     trainable, total_params, summary = _summary(task, cfg)
@@ -190,6 +204,8 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
     fingerprint = table.fingerprint()
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if skipped:
+            write_skipped_rows(run_dir / SKIPPED_ROWS_FILE, skipped)
         save_config(cfg, run_dir / "config.yaml", provenance(fingerprint, info.world_size))
         if encoders:
             save_vocab(run_dir / "vocab.json", encoders)
