@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from testkit import write_image_table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# caches (feature cache, image pre-checks) go to a temporary folder, never the user's ~/.cache
+os.environ.setdefault("METADINO_CACHE", tempfile.mkdtemp(prefix="metadino-test-cache-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

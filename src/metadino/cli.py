@@ -26,17 +26,20 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description=textwrap.dedent(
             """\
             Train (adapt) a backbone with DINO/iBOT self-supervision on the images of a metadata table.
-            CONFIG is a YAML file; any key can be overridden as key.sub=value after it.
+            CONFIG is a YAML file; any key can be overridden as key.sub=value after it. --resume continues the
+            run in --out with the config it was started with (CONFIG and overrides may be left out; keys that do
+            not change the result, such as train.num_workers, may still be overridden).
 
             examples:
               metadino train configs/demo.yaml data.table=my/meta.csv --out runs/first
-              metadino train configs/demo.yaml train.steps=2000 --out runs/first --resume
+              metadino train --out runs/first --resume
               metadino train configs/demo.yaml --out runs/long --stop-after 500     # split a long run into jobs
+              metadino train --out runs/long --resume --stop-after 1000
               torchrun --nproc_per_node 2 -m metadino train configs/demo.yaml --out runs/ddp
             """
         ),
     )
-    p.add_argument("config", help="YAML config file")
+    p.add_argument("config", nargs="?", default=None, help="YAML config file (optional with --resume)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.steps=200")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -92,6 +95,7 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--root", type=Path, default=None, help="folder that relative paths start from (default: the table's)")
     p.add_argument("--rows", default=None, metavar="K=V[,K=V]", help="row filter, e.g. split=test")
     p.add_argument("--out", type=Path, required=True, help="output .parquet file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -206,6 +210,7 @@ def _add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--labels", default="", metavar="A,B", help="task label column(s): never guides, used to judge the others")
     p.add_argument("--model", default=None, help="also measure each column's leakage in this model's embeddings")
     p.add_argument("--out", type=Path, default=None, help="also write the audit to this Markdown file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_table_options(p)
 
 
@@ -291,9 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args: argparse.Namespace) -> int:
     from metadino.config import load_config
     from metadino.train.loop import train
+    from metadino.train.run import saved_config
 
-    cfg = load_config(args.config, args.overrides)
-    out = args.out or Path("runs") / Path(args.config).stem
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # `train --resume --out D key=value`: the first override, not a file
+        config, overrides = None, [config, *overrides]
+    if config is None and not (args.resume and args.out):
+        raise UserError("give a CONFIG file (or --resume with --out RUN_DIR to continue a run with its own config).")
+    out = args.out or Path("runs") / Path(config).stem
+    cfg = load_config(config, overrides) if config is not None else saved_config(out, overrides)
     result = train(cfg, out, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         state = "finished" if result.finished else f"stopped at step {result.end_step} of {result.total_steps}"
@@ -304,7 +315,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             else f"nothing to do: {result.run_dir} is already at step {result.end_step}."
         )
         if not result.finished:
-            print(f"continue with: metadino train {args.config} --out {result.run_dir} --resume")
+            print(f"continue with: metadino train --out {result.run_dir} --resume")
     return EXIT_PREEMPTED if result.preempted else 0
 
 
@@ -322,7 +333,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from metadino.embed import check_output_path, extract_features, write_embeddings
     from metadino.export import load_model
 
-    check_output_path(args.out)  # before loading anything
+    check_output_path(args.out, overwrite=args.overwrite)  # before loading anything
     backbone, pre = load_model(args.model)
     table = load_table(args.table, image_column=args.image_column, root=args.root, rows=parse_rows(args.rows))
     device = resolve_device(args.device)
@@ -372,6 +383,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     text = run_inspect(
         args.table, image_column=args.image_column, root=args.root, labels=_columns(args.labels), model=args.model,
         batch_size=args.batch_size, device=str(resolve_device(args.device)), progress=not args.quiet, out=args.out,
+        overwrite=args.overwrite,
     )
     print(text)
     return 0

@@ -13,7 +13,7 @@ import torch
 from metadino.data.table import MetadataTable
 from metadino.errors import UserError
 from metadino.eval.features import extract
-from metadino.files import atomic_write
+from metadino.files import atomic_write, check_output_file
 from metadino.models.backbone import Backbone
 from metadino.models.preprocessing import Preprocessing
 
@@ -33,16 +33,17 @@ def extract_features(
                    progress=progress, desc="embed").cls
 
 
-def check_output_path(out: str | Path) -> Path:
+def check_output_path(out: str | Path, *, overwrite: bool = False) -> Path:
+    """A .parquet path that is not a folder and, unless `overwrite`, does not exist yet."""
     out = Path(out)
     if out.suffix.lower() != ".parquet":
         raise UserError(f"--out '{out}' must end in .parquet.")
-    return out
+    return check_output_file(out, overwrite=overwrite)
 
 
 def write_embeddings(table: MetadataTable, features: torch.Tensor, out: str | Path) -> Path:
     """Parquet with one row per image: the path as written in the table, its row number, the embedding."""
-    out = check_output_path(out)
+    out = check_output_path(out, overwrite=True)  # the command checked --overwrite before computing
     out.parent.mkdir(parents=True, exist_ok=True)
     emb = features.numpy().astype(np.float32)
     frame = pd.DataFrame({table.image_column: table.frame[table.image_column].astype(str).tolist(), "row": table.row_numbers})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from metadino.errors import UserError
 
-__all__ = ["atomic_write", "atomic_write_text", "claim_output_dir"]
+__all__ = ["atomic_write", "atomic_write_text", "check_output_file", "claim_output_dir"]
 
 
 def atomic_write(path: Path, write: Callable[[Path], object], *, fsync: bool = False) -> Path:
@@ -32,6 +32,15 @@ def atomic_write_text(path: Path, text: str) -> Path:
         tmp.write_text(text)
 
     return atomic_write(path, write)
+
+
+def check_output_file(out: Path, *, overwrite: bool, flag: str = "--out") -> Path:
+    """An output file path a command may write: not a folder, and not an existing file unless `overwrite`."""
+    if out.is_dir():
+        raise UserError(f"{flag} '{out}' is a folder; give the path of the file to write.")
+    if out.exists() and not overwrite:
+        raise UserError(f"{flag} '{out}' already exists; choose another path or pass --overwrite to replace it.")
+    return out
 
 
 def claim_output_dir(out: Path, marker: str, *, not_a_folder: str, not_ours: str) -> bool:

@@ -49,3 +49,12 @@ def test_no_or_only_corrupt_checkpoints(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(UserError, match="truncated or corrupt"):
         ckpt.load_latest_checkpoint(tmp_path)
+
+
+def test_when_every_checkpoint_is_corrupt_the_message_lists_them_all(tmp_path):
+    for step in (2, 4):
+        ckpt.save_checkpoint(tmp_path, step, {"x": torch.zeros(1)}, keep=3)
+        (ckpt.checkpoint_dir(tmp_path) / f"step_{step:08d}.pt").write_bytes(b"truncated")
+    with pytest.raises(UserError, match="every checkpoint in .* is unreadable") as e:
+        ckpt.load_latest_checkpoint(tmp_path)
+    assert "step_00000002.pt" in str(e.value) and "step_00000004.pt" in str(e.value)

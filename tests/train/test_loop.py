@@ -157,7 +157,7 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path, image_table):
     assert proc.returncode == 143, err
     step = load_latest_checkpoint(tmp_path / "run")["step"]
     assert step >= 2 and "--resume" in out
-    again = _cli("train", str(cfg_path), "train.steps=" + str(step + 1), "--out", str(tmp_path / "run"), "--resume", "--quiet")
+    again = _cli("train", "--out", str(tmp_path / "run"), "--resume", "--stop-after", str(step + 1), "--quiet")
     assert again.returncode == 0, again.stderr
     assert load_latest_checkpoint(tmp_path / "run")["step"] == step + 1
 
@@ -310,3 +310,59 @@ def test_label_guided_regions_reach_the_local_crops(tmp_path, image_table):
     plain = first_batch({}, "plain")
     assert torch.equal(guided.global_crops, plain.global_crops)  # same data order and global views
     assert not torch.equal(guided.local_crops, plain.local_crops)  # the local crops are centred on the boxes
+
+
+def _break_koleo_from(monkeypatch, first_bad_call: int, last_bad_call: int | None = None):
+    """KoLeo turns NaN from its `first_bad_call`-th call (two calls per step: one per global crop)."""
+    calls = {"n": 0}
+    original = KoLeoLoss.forward
+
+    def flaky(self, x):
+        calls["n"] += 1
+        bad = calls["n"] >= first_bad_call and (last_bad_call is None or calls["n"] <= last_bad_call)
+        return original(self, x) * (float("nan") if bad else 1.0)
+
+    monkeypatch.setattr(KoLeoLoss, "forward", flaky)
+
+
+def test_the_divergence_message_is_true_and_names_the_rows_of_the_batch(tmp_path, image_table, monkeypatch):
+    _break_koleo_from(monkeypatch, 3)  # step 1
+    cfg = config_from_dict(tiny_config(image_table, train={"steps": 4, "checkpoint_every": 4}))
+    with pytest.raises(TrainingDiverged) as e:
+        train(cfg, tmp_path / "run", progress=False)
+    msg = str(e.value)
+    assert "no checkpoint had been written yet" in msg and "intact" not in msg
+    assert "The batch held meta.csv row " in msg and ".png)" in msg
+    monkeypatch.undo()
+    _break_koleo_from(monkeypatch, 5)  # step 2, after the step-1 checkpoint
+    cfg = config_from_dict(tiny_config(image_table, train={"steps": 4, "checkpoint_every": 1}))
+    with pytest.raises(TrainingDiverged, match="the last checkpoint \\('step_00000002.pt'\\) is intact"):
+        train(cfg, tmp_path / "run2", progress=False)
+
+
+def test_a_skipped_non_finite_step_changes_nothing_and_the_budget_stops_the_run(tmp_path, image_table, monkeypatch):
+    # Step 2 (KoLeo calls 5 and 6) is non-finite; checkpoints after steps 2 and 3 must hold the same state.
+    _break_koleo_from(monkeypatch, 5, 6)
+    guides = {"guides": [{"column": "label", "head": "prototypical", "weight": 0.1}]}  # a prototype bank too
+    cfg = config_from_dict(tiny_config(image_table, ssl={"method": "dinov2"}, guidance=guides,
+                                       train={"steps": 4, "checkpoint_every": 1, "keep_checkpoints": 4,
+                                              "on_nonfinite": "skip", "max_skipped_steps": 1}))
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.finished
+    skipped = [h for h in result.history if h.get("skipped")]
+    assert [h["step"] for h in skipped] == [3]  # the third step taken (step index 2) was skipped and logged
+
+    def state(step):
+        return torch.load(tmp_path / "run" / "checkpoints" / f"step_{step:08d}.pt", weights_only=False)
+
+    before, after = state(2), state(3)
+    for key, value in before["task"].items():  # student, EMA teacher, heads, prototype bank, counts
+        assert torch.equal(value, after["task"][key]), key
+    for pid, moments in before["optimizer"]["state"].items():
+        for name, value in moments.items():
+            assert torch.equal(value, after["optimizer"]["state"][pid][name]), (pid, name)
+    assert not torch.equal(state(3)["task"]["student.dino_head.mlp.0.weight"], state(4)["task"]["student.dino_head.mlp.0.weight"])
+    monkeypatch.undo()
+    _break_koleo_from(monkeypatch, 3)  # every step from step 1 on: past a budget of 1 the run stops
+    with pytest.raises(TrainingDiverged, match="1 step\\(s\\) skipped before, train.max_skipped_steps=1"):
+        train(cfg, tmp_path / "run2", progress=False)

@@ -13,6 +13,7 @@ from metadino.audit.roles import UNAUDITED_ROLES, audit_table
 from metadino.data.table import MetadataTable, load_table
 from metadino.errors import UserError
 from metadino.eval.leakage import Leakage, column_leakage
+from metadino.files import atomic_write_text, check_output_file
 
 
 def run_inspect(
@@ -26,16 +27,19 @@ def run_inspect(
     device: str = "cpu",
     progress: bool = True,
     out: str | Path | None = None,
+    overwrite: bool = False,
     folds: int = 5,
     seed: int = 0,
 ) -> str:
     """Load the table, audit it, with `model` measure each column's leakage, and return the Markdown text.
 
-    The text is also written to `out` (parents created) when given.
+    The text is also written to `out` (parents created) when given; an existing file only with `overwrite`.
 
     Raises:
         UserError: table problems, unknown columns, a one-class label, a model that cannot be loaded.
     """
+    if out is not None:
+        check_output_file(Path(out), overwrite=overwrite)  # before any work
     meta = load_table(table, image_column=image_column, root=root, check_files=model is not None)
     audit = audit_table(meta, labels=labels)
     leakage: dict[str, Leakage] | None = None
@@ -54,7 +58,7 @@ def run_inspect(
     if out is not None:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        atomic_write_text(path, text)
     return text
 
 

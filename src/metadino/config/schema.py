@@ -293,7 +293,8 @@ class OptimConfig:
 class TrainConfig:
     """The run itself."""
 
-    steps: int = opt(1000, "Optimizer steps of the run; may be raised when resuming.")
+    steps: int = opt(1000, "Optimizer steps of the run. Fixed once the run starts (the schedules are functions of it); "
+                           "split a long run into jobs with --stop-after.")
     batch_size: int = opt(32, "Images per process per step.")
     seed: int = opt(0, "Seed of every random choice (initialisation, crops, masks).")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps.")
@@ -302,6 +303,10 @@ class TrainConfig:
     checkpoint_every: int = opt(500, "Steps between checkpoints.")
     keep_checkpoints: int = opt(2, "Newest checkpoints kept in the run directory.")
     log_every: int = opt(10, "Steps between log lines.")
+    on_nonfinite: Literal["stop", "skip"] = opt(
+        "stop", "A step whose loss is NaN or infinite: stop the run, or skip it (no update of weights, optimizer, "
+        "EMA teacher, centres or prototypes; logged) up to train.max_skipped_steps times.")
+    max_skipped_steps: int = opt(10, "With on_nonfinite: skip, the run stops at the next non-finite step after this many.")
 
 
 @dataclass

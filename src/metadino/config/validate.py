@@ -158,6 +158,7 @@ def validate_train(cfg: Config) -> None:
     _check(t.checkpoint_every >= 1, "train.checkpoint_every", "must be at least 1.")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1.")
     _check(t.log_every >= 1, "train.log_every", "must be at least 1.")
+    _check(t.max_skipped_steps >= 0, "train.max_skipped_steps", f"must be >= 0, got {t.max_skipped_steps}.")
     dev = t.device
     _check(
         dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit()),

@@ -38,6 +38,16 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], *, ke
     return path
 
 
+def remove_orphans(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of saves that were killed half-way (``.step_*.pt.tmp-PID``, ``.latest.tmp-PID``):
+    they are never read, only take space. Returns what was removed."""
+    directory = checkpoint_dir(run_dir)
+    orphans = sorted(directory.glob(".*.tmp-*")) if directory.is_dir() else []
+    for path in orphans:
+        path.unlink(missing_ok=True)
+    return orphans
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints, newest first: the one `latest` names, then older ones by step."""
     directory = checkpoint_dir(run_dir)
@@ -76,4 +86,4 @@ def load_latest_checkpoint(run_dir: str | Path) -> dict[str, Any]:
         if errors:
             warnings.warn(f"skipped unreadable checkpoint(s): {'; '.join(errors)}; using '{path.name}'.", stacklevel=2)
         return state
-    raise UserError(errors[0])
+    raise UserError(f"every checkpoint in '{checkpoint_dir(run_dir)}' is unreadable: {'; '.join(errors)}")

@@ -11,6 +11,7 @@ from typing import IO, Any
 import torch
 from tqdm import tqdm
 
+from metadino.files import atomic_write_text
 from metadino.train.distributed import mean_across_ranks
 from metadino.train.task import StepOutput
 from metadino.train.watch import UniformTargetWatch
@@ -25,7 +26,7 @@ class StepLog:
     def __init__(self, path: Path, *, start_step: int, end_step: int, log_every: int, global_batch: int,
                  device: torch.device, is_main: bool, progress: bool, watch: UniformTargetWatch | None,
                  guide_columns: tuple[str, ...] = ()):
-        self.path, self.end_step, self.log_every = path, end_step, log_every
+        self.path, self.start_step, self.end_step, self.log_every = path, start_step, end_step, log_every
         self.global_batch, self.device, self.is_main, self.watch = global_batch, device, is_main, watch
         self.guide_columns = set(guide_columns)
         self.history: list[dict[str, float]] = []
@@ -39,13 +40,40 @@ class StepLog:
 
     def __enter__(self) -> StepLog:
         if self.is_main:
+            self._truncate()
             self._file = open(self.path, "a")
         return self
+
+    def _truncate(self) -> None:
+        """Keep only the records up to the step the run (re)starts from: a resumed run logs no step twice (a run
+        stopped after its last checkpoint had logged steps that it now repeats)."""
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if int(json.loads(line)["step"]) <= self.start_step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line of a killed run
+        atomic_write_text(self.path, "".join(kept))
 
     def __exit__(self, *exc: Any) -> None:
         if self._file is not None:
             self._file.close()
         self._bar.close()
+
+    def skipped(self, step: int, out: StepOutput, total_skipped: int) -> None:
+        """A non-finite step that was skipped (``train.on_nonfinite: skip``): one record and one line, always."""
+        terms = {k: float(v.detach()) for k, v in out.terms.items()}
+        record = {"step": step, "skipped": 1.0, "skipped_total": float(total_skipped), **terms}
+        self.history.append(record)
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        if self.is_main:
+            tqdm.write(f"warning: step {step} skipped, its loss is not finite ({total_skipped} skipped so far)", file=sys.stderr)
+        self._bar.update(1)
 
     def step(self, step: int, out: StepOutput, sched: dict[str, float], grad_norms: dict[str, float]) -> None:
         """After optimizer step `step` (1-based count of steps done)."""

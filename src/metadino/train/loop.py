@@ -9,7 +9,9 @@ functions of the step and the data order/augmentations are functions of (seed, s
 from __future__ import annotations
 
 import math
+import os
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,15 +21,17 @@ import torch
 import torch.distributed as dist
 
 from metadino.config import Config
+from metadino.data.batch import Batch
 from metadino.errors import UserError
 from metadino.models.directory import write_export
-from metadino.train.checkpoint import save_checkpoint
+from metadino.train.checkpoint import checkpoint_dir, list_checkpoints, save_checkpoint
 from metadino.train.distributed import all_ranks_true, barrier
 from metadino.train.log import StepLog
 from metadino.train.optim import apply_optim_schedule
 from metadino.train.rng import gather_rng
 from metadino.train.run import Run, build_run
 from metadino.train.stop import StopRequest
+from metadino.train.task import StepOutput
 
 __all__ = ["TrainResult", "TrainingDiverged", "fit", "train"]
 
@@ -59,11 +63,19 @@ class TrainResult:
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_after: int | None = None,
           progress: bool = True) -> TrainResult:
     """Train (or continue) a run in `run_dir`. `stop_after` ends cleanly after that step with a checkpoint."""
-    return fit(build_run(cfg, run_dir, resume=resume, stop_after=stop_after), progress=progress)
+    return fit(build_run(cfg, run_dir, resume=resume, stop_after=stop_after, progress=progress), progress=progress)
 
 
 def fit(run: Run, *, progress: bool = True) -> TrainResult:
     """Drive `run` from its start step to its end step (or a stop request); export the backbone when finished."""
+    try:
+        return _fit(run, progress=progress)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def _fit(run: Run, *, progress: bool) -> TrainResult:
     task, optimizer = run.task, run.optimizer
     if progress and run.dist.is_main:
         print(run.summary, file=sys.stderr)
@@ -73,7 +85,7 @@ def fit(run: Run, *, progress: bool = True) -> TrainResult:
                   watch=run.watch, guide_columns=guide_columns)
     t_start = time.perf_counter()
     task.train()
-    step = run.start_step
+    step, skipped = run.start_step, 0
     with StopRequest() as stop, log:
         for batch in run.batches:
             sched = run.schedule(step)
@@ -82,19 +94,21 @@ def fit(run: Run, *, progress: bool = True) -> TrainResult:
             with run.autocast():
                 out = task.training_step(batch.to(run.device, non_blocking=True), teacher_temp=sched["teacher_temp"], step=step,
                                          guide_lambda=sched["guide_lambda"])
-            if not all_ranks_true(bool(torch.isfinite(out.loss).item()), run.device):
-                breakdown = ", ".join(f"{k}={v.item():.4g}" for k, v in out.terms.items())
-                raise TrainingDiverged(
-                    f"training stopped at step {step}: the loss is not finite ({breakdown}); the last checkpoint in "
-                    f"'{run.dir / 'checkpoints'}' is intact. Lower optim.lr, use train.precision=fp32, or check the images."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()  # type: ignore[no-untyped-call]  # torch.Tensor.backward is unannotated
-            grad_norms = _clip(run.clip_groups, run.clip_grad)
-            optimizer.step()
-            task.commit(sched["momentum"])
-            step += 1
-            log.step(step, out, sched, grad_norms)
+            if all_ranks_true(bool(torch.isfinite(out.loss).item()), run.device):
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()  # type: ignore[no-untyped-call]  # torch.Tensor.backward is unannotated
+                grad_norms = _clip(run.clip_groups, run.clip_grad)
+                optimizer.step()
+                task.commit(sched["momentum"])
+                step += 1
+                log.step(step, out, sched, grad_norms)
+            elif run.on_nonfinite == "skip" and skipped < run.max_skipped_steps:
+                # nothing moves: no backward, no optimizer step, no commit (the forward's pending updates are dropped)
+                skipped += 1
+                step += 1
+                log.skipped(step, out, skipped)
+            else:
+                raise TrainingDiverged(_divergence_message(run, step, out, batch, skipped))
             stop_now = not all_ranks_true(not stop.requested, run.device)
             if step % run.checkpoint_every == 0 or step == run.end_step or stop_now:
                 _save(run, step)
@@ -106,10 +120,42 @@ def fit(run: Run, *, progress: bool = True) -> TrainResult:
                          log.last_loss, log.history, _peak_memory_mb(run.device), stop.requested, run.trainable_params,
                          run.total_params)
     if result.finished and run.dist.is_main:
-        # the EMA teacher, or the student when distilling; LoRA is merged on write
-        write_export(task.export_backbone, run.dir / "backbone", run.preprocessing)
+        _export(run)
     barrier()
     return result
+
+
+def _export(run: Run) -> None:
+    """RUN_DIR/backbone: the EMA teacher (the student when distilling), LoRA merged. Written beside it and renamed
+    into place, so a crash leaves the earlier export or none, never half of one."""
+    final = run.dir / "backbone"
+    tmp = run.dir / f".backbone.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_export(run.task.export_backbone, tmp, run.preprocessing)
+    if final.exists():
+        old = run.dir / f".backbone.old-{os.getpid()}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def _divergence_message(run: Run, step: int, out: StepOutput, batch: Batch, skipped: int) -> str:
+    """What happened, what is safe on disk (only what is true), and where to look: the rows of the batch."""
+    breakdown = ", ".join(f"{k}={v.item():.4g}" for k, v in out.terms.items())
+    saved = list_checkpoints(run.dir)
+    kept = (f"the last checkpoint ('{saved[0].name}') is intact" if saved
+            else "no checkpoint had been written yet")
+    rows = ""
+    if run.table is not None and batch.index is not None:
+        index = batch.index.tolist()
+        shown = [f"row {run.table.row_numbers[i]} ({run.table.paths[i].name})" for i in index[:8]]
+        more = f" and {len(index) - 8} more" if len(index) > 8 else ""
+        rows = f" The batch held {run.table.source.name} {', '.join(shown)}{more}."
+    budget = f" ({skipped} step(s) skipped before, train.max_skipped_steps={run.max_skipped_steps})" if skipped else ""
+    return (f"training stopped at step {step}: the loss is not finite ({breakdown}){budget}; {kept}.{rows} Lower "
+            "optim.lr, use train.precision=fp32, check those images and their metadata, or set train.on_nonfinite: skip.")
 
 
 def _clip(groups: dict[str, list[torch.nn.Parameter]], max_norm: float) -> dict[str, float]:
@@ -123,7 +169,13 @@ def _save(run: Run, step: int) -> None:
     rng = gather_rng(run.device)  # collective: every rank takes part
     if run.dist.is_main:
         state = {"task": run.task.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": rng, **run.checkpoint_meta}
-        save_checkpoint(run.dir, step, state, keep=run.keep_checkpoints)
+        try:
+            save_checkpoint(run.dir, step, state, keep=run.keep_checkpoints)
+        except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError("... file write failed")
+            reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+            raise UserError(f"could not write the checkpoint of step {step} into '{checkpoint_dir(run.dir)}' ({reason}; "
+                            "is the disk full or read-only?); the earlier checkpoints are intact: free space and "
+                            "continue with --resume.") from None
     barrier()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from metadino.config import RESUMABLE_CHANGES, Config, config_to_dict, diff_configs, save_config
+from metadino.config import (
+    RESUMABLE_CHANGES,
+    Config,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    diff_configs,
+    read_yaml,
+    save_config,
+)
 from metadino.data.batch import Batch
 from metadino.data.dataset import SSLDataset, StepSampler, collate_crops
 from metadino.data.preflight import SKIPPED_ROWS_FILE, BadRow, available_cores, check_images, write_skipped_rows
@@ -29,7 +38,7 @@ from metadino.device import resolve_device
 from metadino.errors import UserError
 from metadino.models.adapt import count_parameters
 from metadino.models.preprocessing import Preprocessing
-from metadino.train.checkpoint import list_checkpoints, load_latest_checkpoint
+from metadino.train.checkpoint import list_checkpoints, load_latest_checkpoint, remove_orphans
 from metadino.train.distributed import DistInfo, barrier, init_distributed
 from metadino.train.factory import (
     build_augmentation,
@@ -41,13 +50,17 @@ from metadino.train.factory import (
     build_task,
     preprocessing_from_config,
 )
+from metadino.train.lock import RunLock
 from metadino.train.provenance import provenance
 from metadino.train.rng import restore_rng
 from metadino.train.schedules import StepSchedule
 from metadino.train.task import SSLTask
 from metadino.train.watch import UniformTargetWatch
 
-__all__ = ["Run", "build_run"]
+__all__ = ["RUN_MARKER", "Run", "build_run", "saved_config"]
+
+RUN_MARKER = ".metadino-run"  # a folder holding it is a run directory (train may write into it)
+STALE_ON_RESTART = ("metrics.jsonl", SKIPPED_ROWS_FILE)  # an earlier run's log when it never reached a checkpoint
 
 
 @dataclass
@@ -78,16 +91,52 @@ class Run:
     trainable_params: int
     total_params: int
     summary: str  # one line for the console: what trains
+    lock: RunLock | None = None  # held by the main process while the run writes (released by the loop)
+    on_nonfinite: str = "stop"  # or "skip" (up to max_skipped_steps)
+    max_skipped_steps: int = 0
+    table: MetadataTable | None = None  # the training rows: the divergence message names a batch's rows
 
 
 def _check_run_dir(run_dir: Path, *, resume: bool, stop_after: int | None) -> None:
+    if stop_after is not None and stop_after < 1:
+        raise UserError(f"--stop-after must be at least 1, got {stop_after}.")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out '{run_dir}' is a file; give a folder for the run.")
     has_run = bool(list_checkpoints(run_dir)) if run_dir.exists() else False
     if resume and not has_run:
         raise UserError(f"--resume was given but '{run_dir}' holds no checkpoint to resume from.")
     if not resume and has_run:
         raise UserError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another --out.")
-    if stop_after is not None and stop_after < 1:
-        raise UserError(f"--stop-after must be at least 1, got {stop_after}.")
+    if not resume and run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / RUN_MARKER).is_file():
+        raise UserError(f"--out '{run_dir}' is not empty and holds no metadino run; choose another --out (a run never "
+                        "writes into a folder of yours).")
+
+
+def _open_run_dir(run_dir: Path, *, resume: bool) -> RunLock:
+    """Create the run directory, mark it as a run and lock it. A fresh run in the folder of one that was killed
+    before its first checkpoint starts clean: the earlier run's log and manifests go (nothing else is touched)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir)
+        (run_dir / RUN_MARKER).write_text("written by metadino train; the run's files are listed in README.md\n")
+    except OSError as e:
+        raise UserError(f"cannot write the run directory '{run_dir}': {e.strerror or e}; choose a writable --out.") from None
+    if not resume:
+        for name in STALE_ON_RESTART:
+            (run_dir / name).unlink(missing_ok=True)
+    remove_orphans(run_dir)
+    return lock
+
+
+def saved_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
+    """The config `run_dir` was started with (its config.yaml) plus `overrides`: what ``--resume`` continues, so the
+    command line need not repeat the original config file and overrides."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"'{run_dir}' has no config.yaml to resume with; give the CONFIG file it was started with.")
+    data = read_yaml(path)
+    data.pop("_run", None)  # provenance, not config
+    return config_from_dict(apply_overrides(data, list(overrides)))
 
 
 def _check_resume_compatible(saved: dict[str, Any], cfg: Config, run_dir: Path, fingerprint: str, source: str) -> None:
@@ -105,7 +154,7 @@ def _check_resume_compatible(saved: dict[str, Any], cfg: Config, run_dir: Path, 
         )
 
 
-def _load_data(cfg: Config) -> tuple[MetadataTable, dict[str, ColumnEncoder], Any, list[BadRow]]:
+def _load_data(cfg: Config, *, progress: bool = True) -> tuple[MetadataTable, dict[str, ColumnEncoder], Any, list[BadRow]]:
     """The table, the encoders of guided columns, the label-guided regions and the rows skipped for bad images
     (``data.bad_images: skip``; the caller lists them in the run directory): every data error (file, row, column,
     image) surfaces here, before any compute."""
@@ -116,7 +165,7 @@ def _load_data(cfg: Config) -> tuple[MetadataTable, dict[str, ColumnEncoder], An
     checked = check_images(table, in_chans=cfg.model.in_chans, policy=d.bad_images, max_bad_fraction=d.max_bad_fraction,
                            global_size=cfg.crops.global_size, batch_size=cfg.train.batch_size,
                            workers=max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
-                           progress=None if main else False)
+                           progress=None if main and progress else False)
     if main:
         for line in checked.warnings:
             print(line, file=sys.stderr)
@@ -180,7 +229,8 @@ def _summary(task: SSLTask, cfg: Config) -> tuple[int, int, str]:
     return trainable, total, line
 
 
-def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_after: int | None = None) -> Run:
+def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_after: int | None = None,
+              progress: bool = True) -> Run:
     """Everything `train` needs, from the config: checks the output folder, loads and checks the data, builds the
     task, optimizer and schedule, restores a checkpoint (``resume``), writes config.yaml and vocab.json."""
     run_dir = Path(run_dir)
@@ -190,7 +240,7 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
-    table, encoders, regions, skipped = _load_data(cfg)
+    table, encoders, regions, skipped = _load_data(cfg, progress=progress)
     task = _build_task(cfg, encoders, device)
     optimizer = build_optimizer(cfg, task)
     trainable, total_params, summary = _summary(task, cfg)
@@ -202,8 +252,9 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
     total = cfg.train.steps
     end_step = min(total, stop_after) if stop_after is not None else total
     fingerprint = table.fingerprint()
+    lock = None
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = _open_run_dir(run_dir, resume=resume)
         if skipped:
             write_skipped_rows(run_dir / SKIPPED_ROWS_FILE, skipped)
         save_config(cfg, run_dir / "config.yaml", provenance(fingerprint, info.world_size))
@@ -226,5 +277,6 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
         preprocessing=preprocessing_from_config(cfg, task.export_backbone),
         watch=UniformTargetWatch(cfg.ssl.head.out_dim, window=min(100, max(total // 4, 10)))
         if cfg.ssl.dino_loss_weight > 0 else None,
-        trainable_params=trainable, total_params=total_params, summary=summary,
+        trainable_params=trainable, total_params=total_params, summary=summary, lock=lock,
+        on_nonfinite=cfg.train.on_nonfinite, max_skipped_steps=cfg.train.max_skipped_steps, table=table,
     )
