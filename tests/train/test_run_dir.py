@@ -143,3 +143,16 @@ def test_resume_accepts_a_table_rewritten_with_the_same_content_and_export_refus
     (tmp_path / "model.bin").write_text("not a folder")
     with pytest.raises(UserError, match="is a file"):
         export_run(tmp_path / "run", tmp_path / "model.bin")
+
+
+def test_a_run_saved_with_the_older_mtime_fingerprint_still_resumes(tmp_path, image_table):
+    from metadino.data.table import load_table
+    from metadino.train.checkpoint import list_checkpoints
+
+    cfg = config_from_dict(tiny_config(image_table, train={"steps": 2, "checkpoint_every": 1}))
+    train(cfg, tmp_path / "run", progress=False, stop_after=1)
+    path = list_checkpoints(tmp_path / "run")[0]
+    state = torch.load(path, weights_only=True)
+    state["data_fingerprint"] = load_table(image_table, image_column="path").legacy_fingerprint()
+    torch.save(state, path)
+    assert train(cfg, tmp_path / "run", progress=False, resume=True).finished

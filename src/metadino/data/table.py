@@ -83,6 +83,22 @@ class MetadataTable:
             h.update(str(path).encode() + b"\0")
         return h.hexdigest()[:16]
 
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint runs saved before content fingerprints recorded (columns, image paths, the table file's
+        size and mtime): accepted on resume so that such a run can continue, under the old rule."""
+        h = hashlib.sha256()
+        for column in sorted(str(c) for c in self.frame.columns):
+            h.update(column.encode() + b"\0")
+        h.update(b"\1")
+        for path in self.paths:
+            h.update(str(path).encode() + b"\0")
+        try:
+            stat = self.source.stat()
+            h.update(f"\1{stat.st_size}:{stat.st_mtime_ns}".encode())
+        except OSError:
+            h.update(b"\1missing")
+        return h.hexdigest()[:16]
+
 
 def load_table(
     path: str | Path,

@@ -139,7 +139,7 @@ def saved_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
     return config_from_dict(apply_overrides(data, list(overrides)))
 
 
-def _check_resume_compatible(saved: dict[str, Any], cfg: Config, run_dir: Path, fingerprint: str, source: str) -> None:
+def _check_resume_compatible(saved: dict[str, Any], cfg: Config, run_dir: Path, table: MetadataTable) -> None:
     changed = [k for k in diff_configs(saved["config"], config_to_dict(cfg)) if k not in RESUMABLE_CHANGES]
     if changed:
         shown = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
@@ -147,9 +147,9 @@ def _check_resume_compatible(saved: dict[str, Any], cfg: Config, run_dir: Path, 
             f"cannot resume '{run_dir}' with a different configuration: these keys differ from the saved run: {shown}; "
             f"revert them or start a new run with another --out (only {', '.join(sorted(RESUMABLE_CHANGES))} may change)."
         )
-    if saved.get("data_fingerprint") != fingerprint:
+    if saved.get("data_fingerprint") not in (table.fingerprint(), table.legacy_fingerprint()):
         raise UserError(
-            f"cannot resume '{run_dir}': the table '{source}' or its row selection changed since the run started; "
+            f"cannot resume '{run_dir}': the table '{table.source}' or its row selection changed since the run started; "
             "restore it or start a new run with another --out."
         )
 
@@ -192,7 +192,7 @@ def _restore(run_dir: Path, task: SSLTask, optimizer: torch.optim.Optimizer, cfg
              device: torch.device, info: DistInfo) -> int:
     """Load the newest checkpoint into `task` and `optimizer`, restore this rank's RNG; returns its step."""
     state = load_latest_checkpoint(run_dir)
-    _check_resume_compatible(state, cfg, run_dir, table.fingerprint(), str(table.source))
+    _check_resume_compatible(state, cfg, run_dir, table)
     task.load_state_dict(state["task"])
     optimizer.load_state_dict(state["optimizer"])
     rng = state["rng"]
