@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -12,6 +13,9 @@ from metadino.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 143
+
+
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)*=")  # key.sub=value (a CONFIG path may contain "=" too)
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -299,8 +303,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from metadino.train.run import saved_config
 
     config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config:  # `train --resume --out D key=value`: the first override, not a file
-        config, overrides = None, [config, *overrides]
+    if config is not None and OVERRIDE.match(config) and not Path(config).exists():
+        config, overrides = None, [config, *overrides]  # `train --resume --out D key=value`: an override, not a file
     if config is None and not (args.resume and args.out):
         raise UserError("give a CONFIG file (or --resume with --out RUN_DIR to continue a run with its own config).")
     out = args.out or Path("runs") / Path(config).stem

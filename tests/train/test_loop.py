@@ -366,3 +366,29 @@ def test_a_skipped_non_finite_step_changes_nothing_and_the_budget_stops_the_run(
     _break_koleo_from(monkeypatch, 3)  # every step from step 1 on: past a budget of 1 the run stops
     with pytest.raises(TrainingDiverged, match="1 step\\(s\\) skipped before, train.max_skipped_steps=1"):
         train(cfg, tmp_path / "run2", progress=False)
+
+
+def test_the_skip_budget_spans_resumes_and_a_non_finite_gradient_is_never_stepped(tmp_path, image_table, monkeypatch):
+    _break_koleo_from(monkeypatch, 3, 4)  # step 1 is non-finite
+    cfg = config_from_dict(tiny_config(image_table, train={"steps": 4, "checkpoint_every": 1, "on_nonfinite": "skip",
+                                                          "max_skipped_steps": 1}))
+    train(cfg, tmp_path / "run", progress=False, stop_after=2)
+    assert load_latest_checkpoint(tmp_path / "run")["skipped_steps"] == 1
+    monkeypatch.undo()
+    _break_koleo_from(monkeypatch, 1)  # the resumed job's first step too: the budget of 1 is already spent
+    with pytest.raises(TrainingDiverged, match="1 step\\(s\\) skipped before"):
+        train(cfg, tmp_path / "run", progress=False, resume=True)
+    monkeypatch.undo()
+
+    # a finite loss whose gradient overflows: no optimizer step, counted as a skipped step
+    real_clip = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0}
+
+    def overflowing(params, max_norm, *args, **kwargs):
+        calls["n"] += 1
+        norm = real_clip(params, max_norm, *args, **kwargs)
+        return norm * float("inf") if calls["n"] == 1 else norm  # the first group of the first step
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", overflowing)
+    result = train(cfg, tmp_path / "grad", progress=False)
+    assert [h["step"] for h in result.history if h.get("skipped")] == [1]

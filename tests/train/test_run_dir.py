@@ -124,7 +124,8 @@ def test_environment_faults_are_one_sentence(tmp_path, image_table, monkeypatch)
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(UserError, match=r"could not write the checkpoint of step 1 .*file write failed.*--resume"):
+    with pytest.raises(UserError, match=r"could not write the checkpoint of step 1 .*file write failed.*no earlier "
+                                         r"checkpoint exists: free space and run the same command again"):
         train(cfg, tmp_path / "full", progress=False)
     assert not list(checkpoint_dir(tmp_path / "full").glob(".*tmp*"))  # no half file left
 
@@ -154,5 +155,31 @@ def test_a_run_saved_with_the_older_mtime_fingerprint_still_resumes(tmp_path, im
     path = list_checkpoints(tmp_path / "run")[0]
     state = torch.load(path, weights_only=True)
     state["data_fingerprint"] = load_table(image_table, image_column="path").legacy_fingerprint()
+    # as the previous version saved it: none of the keys added since, no skip count, no run marker
+    for section, key in (("data", "bad_images"), ("data", "max_bad_fraction"), ("train", "on_nonfinite"),
+                         ("train", "max_skipped_steps")):
+        del state["config"][section][key]
+    del state["skipped_steps"]
     torch.save(state, path)
+    (tmp_path / "run" / RUN_MARKER).unlink()
     assert train(cfg, tmp_path / "run", progress=False, resume=True).finished
+
+
+def test_a_file_system_without_locks_warns_and_runs(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="no file locks"):
+        RunLock(tmp_path).release()
+
+
+def test_a_config_path_with_an_equals_sign_is_a_config_not_an_override(tmp_path, image_table):
+    folder = tmp_path / "sweep" / "lr=0.1"
+    folder.mkdir(parents=True)
+    cfg_path = folder / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config(image_table, train={"steps": 1})))
+    assert cli(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]) == 0

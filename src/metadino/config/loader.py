@@ -45,6 +45,8 @@ NEUTRAL_NEW_KEYS: dict[str, Any] = {
     "guidance.lambda.start": "step0",
     "train.on_nonfinite": "stop",
     "train.max_skipped_steps": 10,
+    "data.bad_images": "strict",
+    "data.max_bad_fraction": 0.0,
 }
 
 _UNION_ORIGINS = (typing.Union, types.UnionType)

@@ -193,7 +193,8 @@ def _check_one(path: Path, known: dict[str, dict[str, Any]]) -> tuple[str | None
     except OSError as err:
         return None, {"error": f"cannot read the image file: {err.strerror or err}"}, False
     key = str(resolved)
-    identity = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    # ctime too: a chmod (an image that could not be read) changes it, size and mtime stay
+    identity = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
     cached = known.get(key)
     if cached is not None and all(cached.get(k) == v for k, v in identity.items()):
         return key, cached, False

@@ -72,7 +72,9 @@ class MetadataTable:
         h = hashlib.sha256()
         for column in sorted(self.frame.columns, key=str):
             series = self.frame[column]
-            h.update(f"{column}\0{series.dtype}\0".encode())
+            # text is `object` under pandas 2 and `str` under pandas 3: one name, so an upgrade is not a changed table
+            kind = "text" if series.dtype == object or str(series.dtype) in ("str", "string") else str(series.dtype)
+            h.update(f"{column}\0{kind}\0".encode())
             try:
                 hashed = pd.util.hash_pandas_object(series, index=False)
             except (TypeError, ValueError):  # cells holding lists or arrays (Parquet): hash their text

@@ -8,6 +8,7 @@ killed run never leaves a stale lock behind.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import IO
 
@@ -30,13 +31,17 @@ class RunLock:
             return
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # EWOULDBLOCK: another process holds it
             self._file.seek(0)
             holder = self._file.read().strip() or "another process"
             self._file.close()
             self._file = None
             raise UserError(f"'{run_dir}' is in use by a run that is still writing to it ({holder}); wait for it to end "
                             "or choose another --out.") from None
+        except OSError as e:  # a file system without flock (Lustre without -o flock, NFS without lockd)
+            warnings.warn(f"cannot lock '{self.path}' ({e.strerror or e}): this file system has no file locks, so "
+                          "nothing stops a second run from writing into the same folder.", stacklevel=2)
+            return
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"pid {os.getpid()}\n")

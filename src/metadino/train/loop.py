@@ -85,7 +85,7 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
                   watch=run.watch, guide_columns=guide_columns)
     t_start = time.perf_counter()
     task.train()
-    step, skipped = run.start_step, 0
+    step, skipped = run.start_step, run.skipped_steps
     with StopRequest() as stop, log:
         for batch in run.batches:
             sched = run.schedule(step)
@@ -94,10 +94,14 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
             with run.autocast():
                 out = task.training_step(batch.to(run.device, non_blocking=True), teacher_temp=sched["teacher_temp"], step=step,
                                          guide_lambda=sched["guide_lambda"])
-            if all_ranks_true(bool(torch.isfinite(out.loss).item()), run.device):
+            finite = all_ranks_true(bool(torch.isfinite(out.loss).item()), run.device)
+            if finite:
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()  # type: ignore[no-untyped-call]  # torch.Tensor.backward is unannotated
                 grad_norms = _clip(run.clip_groups, run.clip_grad)
+                # a finite loss can still overflow in backward (bf16): never step on a non-finite gradient
+                finite = all_ranks_true(all(math.isfinite(v) for v in grad_norms.values()), run.device)
+            if finite:
                 optimizer.step()
                 task.commit(sched["momentum"])
                 step += 1
@@ -111,7 +115,7 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
                 raise TrainingDiverged(_divergence_message(run, step, out, batch, skipped))
             stop_now = not all_ranks_true(not stop.requested, run.device)
             if step % run.checkpoint_every == 0 or step == run.end_step or stop_now:
-                _save(run, step)
+                _save(run, step, skipped)
             if stop_now:
                 break
     if run.dist.enabled:
@@ -154,8 +158,9 @@ def _divergence_message(run: Run, step: int, out: StepOutput, batch: Batch, skip
         more = f" and {len(index) - 8} more" if len(index) > 8 else ""
         rows = f" The batch held {run.table.source.name} {', '.join(shown)}{more}."
     budget = f" ({skipped} step(s) skipped before, train.max_skipped_steps={run.max_skipped_steps})" if skipped else ""
-    return (f"training stopped at step {step}: the loss is not finite ({breakdown}){budget}; {kept}.{rows} Lower "
-            "optim.lr, use train.precision=fp32, check those images and their metadata, or set train.on_nonfinite: skip.")
+    hint = "raise train.max_skipped_steps" if run.on_nonfinite == "skip" else "set train.on_nonfinite: skip"
+    return (f"training stopped at step {step}: the loss or its gradient is not finite ({breakdown}){budget}; {kept}."
+            f"{rows} Lower optim.lr, use train.precision=fp32, check those images and their metadata, or {hint}.")
 
 
 def _clip(groups: dict[str, list[torch.nn.Parameter]], max_norm: float) -> dict[str, float]:
@@ -165,17 +170,20 @@ def _clip(groups: dict[str, list[torch.nn.Parameter]], max_norm: float) -> dict[
             if params}
 
 
-def _save(run: Run, step: int) -> None:
+def _save(run: Run, step: int, skipped: int) -> None:
     rng = gather_rng(run.device)  # collective: every rank takes part
     if run.dist.is_main:
-        state = {"task": run.task.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": rng, **run.checkpoint_meta}
+        state = {"task": run.task.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": rng,
+                 "skipped_steps": skipped, **run.checkpoint_meta}
         try:
             save_checkpoint(run.dir, step, state, keep=run.keep_checkpoints)
         except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError("... file write failed")
             reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+            kept = list_checkpoints(run.dir)
+            then = (f"the earlier checkpoint '{kept[0].name}' is intact: free space and continue with --resume" if kept
+                    else "no earlier checkpoint exists: free space and run the same command again")
             raise UserError(f"could not write the checkpoint of step {step} into '{checkpoint_dir(run.dir)}' ({reason}; "
-                            "is the disk full or read-only?); the earlier checkpoints are intact: free space and "
-                            "continue with --resume.") from None
+                            f"is the disk full or read-only?); {then}.") from None
     barrier()
 
 

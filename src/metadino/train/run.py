@@ -8,6 +8,7 @@ RNG | new: per-rank seed) -> data loader (its own generator, so loader start-up 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -94,6 +95,7 @@ class Run:
     lock: RunLock | None = None  # held by the main process while the run writes (released by the loop)
     on_nonfinite: str = "stop"  # or "skip" (up to max_skipped_steps)
     max_skipped_steps: int = 0
+    skipped_steps: int = 0  # non-finite steps skipped before this process (from the checkpoint): one budget per run
     table: MetadataTable | None = None  # the training rows: the divergence message names a batch's rows
 
 
@@ -121,10 +123,15 @@ def _open_run_dir(run_dir: Path, *, resume: bool) -> RunLock:
         (run_dir / RUN_MARKER).write_text("written by metadino train; the run's files are listed in README.md\n")
     except OSError as e:
         raise UserError(f"cannot write the run directory '{run_dir}': {e.strerror or e}; choose a writable --out.") from None
+    if not resume and list_checkpoints(run_dir):  # another run got here first (checked again under the lock)
+        lock.release()
+        raise UserError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another --out.")
     if not resume:
         for name in STALE_ON_RESTART:
             (run_dir / name).unlink(missing_ok=True)
     remove_orphans(run_dir)
+    for leftover in [*run_dir.glob(".backbone.tmp-*"), *run_dir.glob(".backbone.old-*")]:  # a killed final export
+        shutil.rmtree(leftover, ignore_errors=True)
     return lock
 
 
@@ -189,8 +196,9 @@ def _build_task(cfg: Config, encoders: dict[str, ColumnEncoder], device: torch.d
 
 
 def _restore(run_dir: Path, task: SSLTask, optimizer: torch.optim.Optimizer, cfg: Config, table: MetadataTable,
-             device: torch.device, info: DistInfo) -> int:
-    """Load the newest checkpoint into `task` and `optimizer`, restore this rank's RNG; returns its step."""
+             device: torch.device, info: DistInfo) -> tuple[int, int]:
+    """Load the newest checkpoint into `task` and `optimizer`, restore this rank's RNG; returns its step and the
+    number of non-finite steps skipped so far."""
     state = load_latest_checkpoint(run_dir)
     _check_resume_compatible(state, cfg, run_dir, table)
     task.load_state_dict(state["task"])
@@ -199,7 +207,7 @@ def _restore(run_dir: Path, task: SSLTask, optimizer: torch.optim.Optimizer, cfg
     if len(rng) != info.world_size:
         raise UserError(f"cannot resume '{run_dir}' exactly: it was saved with {len(rng)} process(es), now {info.world_size}.")
     restore_rng(rng[info.rank], device)
-    return int(state["step"])
+    return int(state["step"]), int(state.get("skipped_steps", 0))
 
 
 def _loader(cfg: Config, table: MetadataTable, encoders: dict[str, ColumnEncoder], regions: Any, patch_size: int,
@@ -245,9 +253,9 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
     optimizer = build_optimizer(cfg, task)
     trainable, total_params, summary = _summary(task, cfg)
     if resume:
-        start_step = _restore(run_dir, task, optimizer, cfg, table, device, info)
+        start_step, skipped_steps = _restore(run_dir, task, optimizer, cfg, table, device, info)
     else:
-        start_step = 0
+        start_step, skipped_steps = 0, 0
         torch.manual_seed(cfg.train.seed + 1_000_003 * (info.rank + 1))  # per-rank drop-path streams, after the init
     total = cfg.train.steps
     end_step = min(total, stop_after) if stop_after is not None else total
@@ -279,4 +287,5 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
         if cfg.ssl.dino_loss_weight > 0 else None,
         trainable_params=trainable, total_params=total_params, summary=summary, lock=lock,
         on_nonfinite=cfg.train.on_nonfinite, max_skipped_steps=cfg.train.max_skipped_steps, table=table,
+        skipped_steps=skipped_steps,
     )
