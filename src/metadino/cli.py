@@ -7,7 +7,9 @@ import os
 import re
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from metadino.errors import UserError
 
@@ -102,6 +104,7 @@ def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
+    _add_model_input_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -244,6 +247,44 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_model_input_options(p)
+
+
+def _add_model_input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-workers", type=int, default=0, help="image-decoding processes (default 0: in this process)")
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="input size instead of the model's preprocessing.json (224 for a plain checkpoint)")
+    p.add_argument("--mean", default=None, metavar="M[,M..]", help="per-channel normalisation mean (with --std)")
+    p.add_argument("--std", default=None, metavar="S[,S..]", help="per-channel normalisation std (with --mean)")
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(f"{flag} '{text}' is not a comma list of numbers, e.g. 0.485,0.456,0.406.") from None
+
+
+def _model_loader(args: argparse.Namespace, spec: str) -> Callable[[], tuple[Any, Any]]:
+    """Load MODEL with the input options of the command line; says on stderr which preprocessing is used."""
+
+    def load() -> tuple[Any, Any]:
+        from metadino.export import load_model
+
+        backbone, pre = load_model(spec)
+        try:
+            pre = pre.overridden(image_size=args.image_size, mean=_floats(args.mean, "--mean"),
+                                 std=_floats(args.std, "--std"))
+        except ValueError as e:
+            raise UserError(f"--image-size/--mean/--std: {e}.") from None
+        if args.num_workers < 0:
+            raise UserError(f"--num-workers must be >= 0, got {args.num_workers}.")
+        print(f"preprocessing: {pre.describe()}", file=sys.stderr)
+        return backbone, pre
+
+    return load
 
 
 def _columns(text: str) -> list[str]:
@@ -335,33 +376,31 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from metadino.data.table import load_table
     from metadino.device import resolve_device
     from metadino.embed import check_output_path, extract_features, write_embeddings
-    from metadino.export import load_model
-
     check_output_path(args.out, overwrite=args.overwrite)  # before loading anything
-    backbone, pre = load_model(args.model)
+    backbone, pre = _model_loader(args, args.model)()
     table = load_table(args.table, image_column=args.image_column, root=args.root, rows=parse_rows(args.rows))
     device = resolve_device(args.device)
-    feats = extract_features(backbone, table, pre, batch_size=args.batch_size, device=device, progress=not args.quiet)
+    feats = extract_features(backbone, table, pre, batch_size=args.batch_size, device=device, progress=not args.quiet,
+                             num_workers=args.num_workers)
     write_embeddings(table, feats, args.out)
     print(f"wrote {feats.shape[0]} embeddings of size {feats.shape[1]} to {args.out}")
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from functools import partial
 
     from metadino.device import resolve_device
     from metadino.eval.evaluate import evaluate
-    from metadino.export import load_model
 
     metrics = evaluate(
-        args.model, partial(load_model, args.model), table=args.table, label_column=args.label_column, train_rows=parse_rows(args.train_rows),
+        args.model, _model_loader(args, args.model), table=args.table, label_column=args.label_column, train_rows=parse_rows(args.train_rows),
         test_rows=parse_rows(args.test_rows), val_rows=parse_rows(args.val_rows), group_column=args.group_column,
         probes=_columns(args.probes), leakage_columns=_columns(args.leakage_columns),
         conditional_leakage=parse_conditional(args.conditional_leakage), purity_columns=_columns(args.purity_columns),
         out=args.out,
         image_column=args.image_column, root=args.root, feature=args.feature, k=args.k, temperature=args.temperature,
         batch_size=args.batch_size, device=resolve_device(args.device), cache_dir=None if args.no_cache else "default",
+        num_workers=args.num_workers,
         seed=args.seed, progress=not args.quiet,
     )
     from metadino.eval.report import conditional_table_md, leakage_table_md, metrics_table, purity_table_md
@@ -387,7 +426,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     text = run_inspect(
         args.table, image_column=args.image_column, root=args.root, labels=_columns(args.labels), model=args.model,
         batch_size=args.batch_size, device=str(resolve_device(args.device)), progress=not args.quiet, out=args.out,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, load=_model_loader(args, args.model) if args.model else None,
+        num_workers=args.num_workers,
     )
     print(text)
     return 0

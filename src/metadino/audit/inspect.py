@@ -3,7 +3,7 @@ embeddings, and write the Markdown report."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,8 @@ from metadino.data.table import MetadataTable, load_table
 from metadino.errors import UserError
 from metadino.eval.leakage import Leakage, column_leakage
 from metadino.files import atomic_write_text, check_output_file
+from metadino.models.backbone import Backbone
+from metadino.models.preprocessing import Preprocessing
 
 
 def run_inspect(
@@ -28,6 +30,8 @@ def run_inspect(
     progress: bool = True,
     out: str | Path | None = None,
     overwrite: bool = False,
+    load: Callable[[], tuple[Backbone, Preprocessing]] | None = None,
+    num_workers: int = 0,
     folds: int = 5,
     seed: int = 0,
 ) -> str:
@@ -44,7 +48,8 @@ def run_inspect(
     audit = audit_table(meta, labels=labels)
     leakage: dict[str, Leakage] | None = None
     if model is not None:
-        features = model_features(model, meta, batch_size=batch_size, device=device, progress=progress)
+        features = model_features(model, meta, batch_size=batch_size, device=device, progress=progress, load=load,
+                                  num_workers=num_workers)
         leakage = {}
         probe = [c for c, col in audit.columns.items() if col.role not in UNAUDITED_ROLES]
         from tqdm import tqdm  # progress over columns only
@@ -62,13 +67,16 @@ def run_inspect(
     return text
 
 
-def model_features(model: str, meta: MetadataTable, *, batch_size: int, device: str, progress: bool) -> np.ndarray:
-    """[N, D] frozen embeddings of the table's images under an exported `model` (optional part of inspect)."""
+def model_features(model: str, meta: MetadataTable, *, batch_size: int, device: str, progress: bool,
+                   load: Callable[[], tuple[Backbone, Preprocessing]] | None = None, num_workers: int = 0) -> np.ndarray:
+    """[N, D] frozen embeddings of the table's images under an exported `model` (optional part of inspect); `load`
+    resolves the model with the command line's input options (default: :func:`metadino.export.load_model`)."""
     from metadino.embed import extract_features  # torch-heavy: imported only when a model is given
     from metadino.export import load_model
 
-    backbone, preprocessing = load_model(model)
-    features = extract_features(backbone, meta, preprocessing, batch_size=batch_size, device=device, progress=progress)
+    backbone, preprocessing = load() if load is not None else load_model(model)
+    features = extract_features(backbone, meta, preprocessing, batch_size=batch_size, device=device, progress=progress,
+                                num_workers=num_workers)
     return features.numpy()
 
 

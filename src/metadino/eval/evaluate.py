@@ -172,6 +172,7 @@ def evaluate(
     conditional_leakage: Mapping[str, Sequence[str]] | None = None, purity_columns: Sequence[str] = (),
     image_column: str = "path", root: str | None = None, feature: str = "cls", k: int = 20, temperature: float = 0.07,
     leakage_folds: int = 5, batch_size: int = 64, device: str | torch.device = "cpu", cache_dir: Path | None | str = "default",
+    num_workers: int = 0,
     seed: int = 0, progress: bool = True, report: bool = True, title: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the backbone that `load` returns (with its preprocessing) on a labelled subset; write
@@ -199,7 +200,7 @@ def evaluate(
     out = Path(out)
     _prepare_out(out)
     _extract(splits, backbone, pre, cache_dir=cache_dir, attnpool="attnpool" in probes, batch_size=batch_size,
-             device=device, progress=progress)
+             device=device, progress=progress, num_workers=num_workers)
     # rows without a label are not evaluated (they still count for leakage of other columns)
     data = {s.name: (s, *labels.encode(s.table.frame[label_column])) for s in splits}
     results, predictions, y_test = _run_probes(probes, data, labels, feature=feature, group_column=group_column, k=k,
@@ -220,7 +221,7 @@ def evaluate(
             "rows": {name: int(known.sum()) for name, (_, _, known) in data.items()},
             "rows_without_label": {name: int((~known).sum()) for name, (_, _, known) in data.items()},
             "train_test_overlap_rows": len(set(train.table.row_numbers) & set(test.table.row_numbers)),
-            "group_column": group_column, "seconds": round(time.perf_counter() - t0, 1),
+            "group_column": group_column, "preprocessing": pre.to_dict(), "seconds": round(time.perf_counter() - t0, 1),
         },
     }
     if metrics["info"]["train_test_overlap_rows"]:
@@ -255,14 +256,15 @@ def _check_probes(probes: Sequence[str], feature: str, k: int, temperature: floa
 
 
 def _extract(splits: Sequence[Split], backbone: Backbone, pre: Preprocessing, *, cache_dir: Path | None | str,
-             attnpool: bool, batch_size: int, device: str | torch.device, progress: bool) -> None:
+             attnpool: bool, batch_size: int, device: str | torch.device, progress: bool, num_workers: int = 0) -> None:
     """Features of every split (cached by weights, rows and preprocessing); patch tokens only for attention pooling."""
     digest = weights_digest(backbone)
     cache = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir is not None else None)
     patch_blocks = min(ATTNPOOL_BLOCKS, backbone.depth) if attnpool else 0
     for s in splits:
         s.features = cached_extract(backbone, s.table, pre, cache_dir=cache, model_digest=digest, patch_blocks=patch_blocks,
-                                    batch_size=batch_size, device=device, progress=progress, desc=f"features ({s.name})")
+                                    batch_size=batch_size, device=device, progress=progress, desc=f"features ({s.name})",
+                                    num_workers=num_workers)
 
 
 def _run_probes(probes: Sequence[str], data: dict[str, tuple[Split, np.ndarray, np.ndarray]], labels: Labels, *,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from metadino.data.photometric.presets import IMAGENET_MEAN, IMAGENET_STD, Photometric, build_photometric
@@ -49,6 +49,27 @@ class Preprocessing:
         if missing:
             raise UserError(f"'{source}' lacks {', '.join(missing)}; re-export the model with `metadino export`.")
         return cls(**{n: data[n] for n in names if n in data})
+
+    def overridden(self, *, image_size: int | None = None, mean: list[float] | None = None,
+                   std: list[float] | None = None) -> Preprocessing:
+        """This preprocessing with another input size and/or normalisation (``--image-size``, ``--mean``/``--std``);
+        ValueError when they do not fit the model."""
+        size = self.image_size if image_size is None else image_size
+        if size < self.patch_size or size % self.patch_size:
+            raise ValueError(f"an input size of {size} px is not a positive multiple of the model's patch size "
+                             f"{self.patch_size}")
+        if (mean is None) != (std is None):
+            raise ValueError("give both a mean and a std, one value per channel")
+        if mean is not None and std is not None:
+            if len(mean) != self.in_chans or len(std) != self.in_chans or min(std) <= 0:
+                raise ValueError(f"mean and std need {self.in_chans} value(s) each (std > 0)")
+            return replace(self, image_size=size, mean=list(mean), std=list(std))
+        return replace(self, image_size=size)
+
+    def describe(self) -> str:
+        """One line for logs and reports: what the images go through."""
+        norm = f"mean {self.mean}, std {self.std}" if self.mean is not None else "the preset's normalisation"
+        return f"{self.image_size} px, {self.in_chans} channel(s), photometric '{self.photometric}', {norm}"
 
     def transform(self) -> Photometric:
         """The evaluation-time photometric transform (normalisation only: presets augment only in training)."""
