@@ -40,7 +40,7 @@ from metadino.errors import UserError
 from metadino.models.adapt import count_parameters
 from metadino.models.preprocessing import Preprocessing
 from metadino.train.checkpoint import list_checkpoints, load_latest_checkpoint, remove_orphans
-from metadino.train.distributed import DistInfo, barrier, init_distributed
+from metadino.train.distributed import DistInfo, all_ranks_true, barrier, init_distributed
 from metadino.train.factory import (
     build_augmentation,
     build_backbone_from_config,
@@ -260,14 +260,19 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
     total = cfg.train.steps
     end_step = min(total, stop_after) if stop_after is not None else total
     fingerprint = table.fingerprint()
-    lock = None
+    lock, failed = None, None
     if info.is_main:
-        lock = _open_run_dir(run_dir, resume=resume)
-        if skipped:
-            write_skipped_rows(run_dir / SKIPPED_ROWS_FILE, skipped)
-        save_config(cfg, run_dir / "config.yaml", provenance(fingerprint, info.world_size))
-        if encoders:
-            save_vocab(run_dir / "vocab.json", encoders)
+        try:
+            lock = _open_run_dir(run_dir, resume=resume)
+            if skipped:
+                write_skipped_rows(run_dir / SKIPPED_ROWS_FILE, skipped)
+            save_config(cfg, run_dir / "config.yaml", provenance(fingerprint, info.world_size))
+            if encoders:
+                save_vocab(run_dir / "vocab.json", encoders)
+        except UserError as e:
+            failed = e
+    if not all_ranks_true(failed is None, device):  # every rank stops, rather than waiting for rank 0 forever
+        raise failed or UserError(f"the main process could not open the run directory '{run_dir}' (its message says why).")
     barrier()
     if info.enabled:
         task.prepare_distributed(device)
