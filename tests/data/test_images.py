@@ -8,6 +8,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from metadino.data import images
 from metadino.data.images import IMAGE_SUFFIXES, load_image
 from metadino.errors import UserError
 
@@ -18,7 +19,9 @@ def _png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
 
 
 def test_suffixes():
-    assert set(IMAGE_SUFFIXES) == {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy"}
+    assert set(IMAGE_SUFFIXES) == {
+        ".png", ".jpg", ".jpeg", ".jp2", ".j2k", ".tif", ".tiff", ".dcm", ".dicom", ".npy",
+    }
 
 
 def test_grayscale_png(tmp_path):
@@ -181,3 +184,121 @@ def test_exif_orientation_is_honoured(tmp_path, orientation, bright):
               "left": x[:, :, : w // 2].mean() - x[:, :, w // 2 :].mean(),
               "right": x[:, :, w // 2 :].mean() - x[:, :, : w // 2].mean()}
     assert halves[bright] > 0.9
+
+
+# --- Codecs (issue 12 item 2) ---------------------------------------------------------------------------
+
+
+def _gradient(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    top = 255 if dtype is np.uint8 else 65535
+    return (np.linspace(0, top, int(np.prod(shape))).reshape(shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zstd", "deflate", "packbits"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_lossless_compressed_tiff_reads_exactly(tmp_path, compression, dtype):
+    arr = _gradient((3, 40, 48), dtype)
+    tifffile.imwrite(tmp_path / "c.tif", arr, photometric="minisblack", compression=compression, tile=(16, 16))
+    assert tifffile.TiffFile(tmp_path / "c.tif").pages[0].compression.name.lower().startswith(compression[:3])
+    expected = torch.from_numpy(arr.astype(np.float32) / np.iinfo(dtype).max)
+    assert torch.equal(load_image(tmp_path / "c.tif"), expected)
+
+
+def test_lossless_jpeg2000_tiff_reads_exactly(tmp_path):
+    arr = _gradient((32, 40), np.uint16)
+    tifffile.imwrite(tmp_path / "j2k.tif", arr, compression="jpeg2000", compressionargs={"level": 0})
+    assert tifffile.TiffFile(tmp_path / "j2k.tif").pages[0].compression.name == "JPEG2000"
+    assert torch.equal(load_image(tmp_path / "j2k.tif")[0], torch.from_numpy(arr.astype(np.float32) / 65535))
+
+
+@pytest.mark.parametrize(("compression", "args"), [("jpeg", {"level": 90}), ("jpeg2000", {"level": 30})])
+def test_lossy_compressed_tiff_reads_approximately(tmp_path, compression, args):
+    arr = np.zeros((48, 64, 3), np.uint8)
+    arr[..., 0], arr[..., 1], arr[:, 32:, 2] = 200, 50, 255
+    tifffile.imwrite(tmp_path / "l.tif", arr, photometric="rgb", compression=compression, compressionargs=args)
+    img = load_image(tmp_path / "l.tif")
+    assert img.shape == (3, 48, 64)
+    assert (img - torch.from_numpy(np.moveaxis(arr, -1, 0) / 255).float()).abs().mean().item() < 0.03
+
+
+def test_missing_tiff_codec_is_named_not_called_corrupt(tmp_path, monkeypatch):
+    """What tifffile raises when imagecodecs (or one of its codecs) is absent: a KeyError from its codec table,
+    turned into a ValueError by TiffPage.decode."""
+    tifffile.imwrite(tmp_path / "lzw.tif", _gradient((16, 16), np.uint8), compression="lzw")
+    codecs = tifffile.TIFF.DECOMPRESSORS
+    real = type(codecs).__getitem__
+
+    def without_lzw(self, key):
+        if key == 5:
+            raise KeyError(f"{tifffile.COMPRESSION(key)!r} requires the 'imagecodecs' package")
+        return real(self, key)
+
+    monkeypatch.setattr(type(codecs), "__getitem__", without_lzw)
+    monkeypatch.delitem(codecs._codecs, 5, raising=False)
+    with pytest.raises(UserError, match=r"lzw\.tif uses the LZW codec.*pip install -U imagecodecs") as info:
+        load_image(tmp_path / "lzw.tif")
+    assert "corrupt" not in str(info.value)
+    monkeypatch.undo()
+    assert load_image(tmp_path / "lzw.tif").shape == (1, 16, 16)  # and with the codec back, it reads
+
+
+def test_unknown_tiff_compression_is_named(tmp_path):
+    """A compression tag value no codec knows (tifffile: 'n is not a known COMPRESSION')."""
+    tifffile.imwrite(tmp_path / "odd.tif", _gradient((8, 8), np.uint8),
+                     extratags=[], compression=None)
+    data = bytearray((tmp_path / "odd.tif").read_bytes())
+    with tifffile.TiffFile(tmp_path / "odd.tif") as tif:
+        offset = tif.pages[0].tags["Compression"].valueoffset
+    data[offset : offset + 2] = (60000).to_bytes(2, "little")
+    (tmp_path / "odd.tif").write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"odd\.tif uses .*codec.*imagecodecs"):
+        load_image(tmp_path / "odd.tif")
+
+
+@pytest.mark.parametrize("suffix", [".jp2", ".j2k"])
+def test_jpeg2000_through_pillow(tmp_path, suffix):
+    rgb = np.zeros((24, 32, 3), np.uint8)
+    rgb[..., 0], rgb[:, 16:, 1] = 255, 128
+    Image.fromarray(rgb).save(tmp_path / f"a{suffix}", irreversible=False)  # reversible 5/3 wavelet: lossless
+    img = load_image(tmp_path / f"a{suffix}")
+    assert img.shape == (3, 24, 32) and torch.equal(img, torch.from_numpy(np.moveaxis(rgb, -1, 0) / 255).float())
+    gray = _gradient((20, 30), np.uint16)
+    Image.fromarray(gray).save(tmp_path / f"g{suffix}", irreversible=False)
+    img = load_image(tmp_path / f"g{suffix}")
+    assert img.shape == (1, 20, 30) and torch.equal(img[0], torch.from_numpy(gray.astype(np.float32) / 65535))
+
+
+def test_pixel_limit_is_a_clear_refusal(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    _png(tmp_path / "big.png", np.zeros((40, 50), np.uint8))
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((40, 50), np.uint8), compression="zstd")
+    assert load_image(tmp_path / "big.png").shape == (1, 40, 50)
+    assert PILImage.MAX_IMAGE_PIXELS == images.MAX_IMAGE_PIXELS == 1_000_000_000
+    # Pillow errors above 2x its limit and only warns between 1x and 2x: both are refused, and not as corrupt.
+    for limit in (1500, 999):
+        monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", limit)
+        for name in ("big.png", "big.tif"):
+            with pytest.raises(UserError, match=rf"big\.{name[-3:]} is larger than the pixel limit.*2,000 pixels"
+                               r".*raise metadino\.data\.images\.MAX_IMAGE_PIXELS") as info:
+                load_image(tmp_path / name)
+            assert "corrupt" not in str(info.value)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 2000)
+    assert load_image(tmp_path / "big.png").shape == load_image(tmp_path / "big.tif").shape == (1, 40, 50)
+
+
+def test_multi_series_tiff_reads_series_0_and_warns(tmp_path):
+    first, second = _gradient((2, 16, 20), np.uint16), np.full((8, 8), 7, np.uint16)
+    with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as tw:
+        tw.write(first, photometric="minisblack", metadata={"axes": "CYX"})
+        tw.write(second, photometric="minisblack", metadata={"axes": "YX"})
+    assert len(tifffile.TiffFile(tmp_path / "two.ome.tif").series) == 2
+    with pytest.warns(UserWarning, match=r"two\.ome\.tif holds 2 image series; reading only the first"):
+        img = load_image(tmp_path / "two.ome.tif")
+    assert torch.equal(img, torch.from_numpy(first.astype(np.float32) / 65535))
+    tifffile.imwrite(tmp_path / "one.tif", first, photometric="minisblack")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image(tmp_path / "one.tif")  # one series: no warning

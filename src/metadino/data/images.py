@@ -1,6 +1,19 @@
 """Decode one image file to a float32 ``[C, H, W]`` tensor.
 
-Supported files: PNG/JPEG (Pillow), TIFF (tifffile) and ``.npy`` (numpy).
+Supported files:
+
+- PNG, JPEG and JPEG 2000 (``.jp2``, ``.j2k``) through Pillow (Pillow ships OpenJPEG). Pillow's
+  decompression-bomb limit is :data:`MAX_IMAGE_PIXELS` (set on ``PIL.Image``); a larger image is refused with
+  a message naming its size and how to raise the limit.
+- TIFF through tifffile, with ``imagecodecs`` for the compressed ones: uncompressed, PackBits, LZW, Deflate/ZIP,
+  ZSTD, JPEG, JPEG 2000, WebP, LERC and the other codecs imagecodecs provides. A codec that is not installed
+  is reported as such (which codec, what to install), not as a corrupt file. Only the **first series** is read
+  (``series[0]``, its full-resolution level); a file with several series (multi-series OME-TIFF, pages of
+  different shapes) is read with a warning naming the count. A TIFF page larger than :data:`MAX_IMAGE_PIXELS`
+  is refused the same way as with Pillow.
+- DICOM (``.dcm``, ``.dicom``) through pydicom: see :mod:`metadino.data.dicom` for its value rules (modality
+  units such as CT Hounsfield units kept as floats, MONOCHROME1 inverted, multi-frame files refused).
+- ``.npy`` through numpy.
 
 Value scaling (never clamped, so un-normalized float data survives intact):
 
@@ -19,6 +32,8 @@ sideways is read as it is displayed).
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +41,24 @@ import torch
 
 from metadino.errors import UserError
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".png", ".jpg", ".jpeg", ".jp2", ".j2k", ".tif", ".tiff", ".dcm", ".dicom", ".npy",
+)
 MAX_CHANNELS = 64  # a 3-D array's channel axis must be at most this long (see the module docstring)
+# Largest image (height x width) decoded; Pillow's own default (~89 Mpx) is too small for satellite and
+# slide scenes. Read at each decode, so assigning a new value to this module attribute takes effect.
+MAX_IMAGE_PIXELS = 1_000_000_000
 
-_PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".jp2", ".j2k")
 _TIFF_SUFFIXES = (".tif", ".tiff")
+_DICOM_SUFFIXES = (".dcm", ".dicom")
+# How tifffile words a codec it cannot decode (CompressionCodec / PredictorCodec KeyErrors, re-raised by
+# TiffPage.decode as ValueError): "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package",
+# "<COMPRESSION.X: n> not supported" / "not implemented", "n is not a known COMPRESSION".
+_TIFF_CODEC_ERROR = re.compile(
+    r"(COMPRESSION|PREDICTOR)\.?\w*.*(requires the 'imagecodecs' package|not supported|not implemented)"
+    r"|is not a known (COMPRESSION|PREDICTOR)"
+)
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -61,6 +89,10 @@ def load_image(path: str | Path) -> torch.Tensor:
             array = _read_pil(path)
         elif suffix in _TIFF_SUFFIXES:
             array = _channels_first(_read_tiff(path), path)
+        elif suffix in _DICOM_SUFFIXES:
+            from metadino.data.dicom import load_dicom
+
+            array = load_dicom(path)
         else:
             array = _channels_first(_read_npy(path), path)
     except UserError:
@@ -77,6 +109,34 @@ def load_image(path: str | Path) -> torch.Tensor:
 
 def _read_pil(path: Path) -> np.ndarray:
     """PNG/JPEG -> ``[C, H, W]`` array with the file's integer dtype, upright by its EXIF orientation."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit; one limit here: above it, refuse.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return _decode_pil(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))  # Pillow: "Image size (N pixels) exceeds limit ..."
+        raise _too_large(path, f"{int(found.group(1)):,} pixels" if found else str(err)) from err
+    except OSError as err:
+        if re.search(r"(decoder|encoder) \S+ not available", str(err)):  # Pillow built without that codec
+            raise UserError(
+                f"image {path} needs a codec this Pillow lacks ({err}); install a Pillow wheel that bundles it "
+                f"(`pip install -U pillow`; JPEG 2000 needs OpenJPEG)"
+            ) from err
+        raise
+
+
+def _too_large(path: Path, size: str) -> UserError:
+    return UserError(
+        f"image {path} is larger than the pixel limit: {size}, more than {MAX_IMAGE_PIXELS:,}; if the scene "
+        f"is genuine, raise metadino.data.images.MAX_IMAGE_PIXELS before loading, or cut it into tiles"
+    )
+
+
+def _decode_pil(path: Path) -> np.ndarray:
     from PIL import Image, ImageOps
 
     with Image.open(path) as opened:
@@ -101,9 +161,38 @@ def _read_pil(path: Path) -> np.ndarray:
 
 
 def _read_tiff(path: Path) -> np.ndarray:
+    """Series 0 at full resolution; warn when there are more series; codec errors named as such."""
     import tifffile
 
-    return np.asarray(tifffile.imread(path))
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series
+        if not series:
+            raise UserError(f"TIFF {path} holds no image; re-export it or remove its row from the table")
+        if len(series) > 1:
+            warnings.warn(
+                f"TIFF {path} holds {len(series)} image series; reading only the first "
+                f"(shape {tuple(series[0].shape)}) — save one image per file to silence this",
+                stacklevel=3,
+            )
+        page = series[0].keyframe
+        pixels = int(page.imagelength) * int(page.imagewidth)
+        if pixels > MAX_IMAGE_PIXELS:
+            raise _too_large(path, f"{page.imagewidth} x {page.imagelength} = {pixels:,} pixels")
+        try:
+            return np.asarray(series[0].asarray())
+        except (ValueError, KeyError, NotImplementedError) as err:
+            if _TIFF_CODEC_ERROR.search(str(err)):
+                raise _codec_error(path, page, err) from err
+            raise
+
+
+def _codec_error(path: Path, page: object, err: Exception) -> UserError:
+    compression = getattr(getattr(page, "compression", None), "name", None) or "its compression"
+    return UserError(
+        f"TIFF {path} uses the {compression} codec, which the installed tifffile/imagecodecs cannot decode "
+        f"({err}); install or upgrade the codecs with `pip install -U imagecodecs`, or re-save the file "
+        f"uncompressed or with LZW/Deflate/ZSTD"
+    )
 
 
 def _read_npy(path: Path) -> np.ndarray:
