@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from testkit import write_labelled_table, write_tiny_model
-
 from metadino.cli import main as cli
 from metadino.embed import read_embeddings
+from testkit import write_labelled_table, write_tiny_model
 
 
 def test_embed_eval_and_inspect_take_the_input_size_and_say_which_preprocessing_they_used(tmp_path, capsys):
