@@ -14,7 +14,7 @@ from metadino.errors import UserError
 from metadino.export import backbone_from_run, export_run, load_model
 from metadino.train.checkpoint import load_latest_checkpoint
 from metadino.train.loop import train
-from testkit import tiny_config
+from testkit import full_disk_halfway_through_write_text, tiny_config
 
 
 def _embeddings(model: str, table) -> torch.Tensor:
@@ -168,7 +168,6 @@ def test_overwriting_an_adapter_export_with_a_merged_one_leaves_no_stale_file(tm
 
 
 def test_preprocessing_json_is_written_atomically(tmp_path, monkeypatch):
-    import pathlib
     from dataclasses import replace
 
     from metadino.models.directory import read_preprocessing, write_preprocessing
@@ -177,13 +176,7 @@ def test_preprocessing_json_is_written_atomically(tmp_path, monkeypatch):
     export = write_tiny_model(tmp_path / "model")
     before = (export / "preprocessing.json").read_text()
     pre = read_preprocessing(export)
-    real = pathlib.Path.write_text
-
-    def half_then_full_disk(self, text, *a, **k):
-        real(self, text[: len(text) // 2], *a, **k)
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(pathlib.Path, "write_text", half_then_full_disk)
+    full_disk_halfway_through_write_text(monkeypatch)
     with pytest.raises(OSError):
         write_preprocessing(export, replace(pre, image_size=64))
     monkeypatch.undo()

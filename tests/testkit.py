@@ -186,3 +186,16 @@ def rank_part(x, split: tuple[int, ...], rank: int):
     """Rank `rank`'s rows of `x` when the rows are split into consecutive runs of `split[r]` rows per rank."""
     start = sum(split[:rank])
     return x[start:start + split[rank]]
+
+
+def full_disk_halfway_through_write_text(monkeypatch) -> None:
+    """Make every ``Path.write_text`` write half of its text, then fail as a full disk does (atomic-write tests)."""
+    import pathlib
+
+    real = pathlib.Path.write_text
+
+    def half_then_full_disk(self, text, *a, **k):
+        real(self, text[: len(text) // 2], *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", half_then_full_disk)

@@ -24,6 +24,7 @@ from metadino.config import (
 from metadino.config.loader import from_plain
 from metadino.errors import UserError
 from testkit import SMALL_CONFIG as BASE
+from testkit import full_disk_halfway_through_write_text
 from testkit import small_config as make
 
 
@@ -240,18 +241,11 @@ def test_a_relative_data_root_resolves_against_the_config_file_like_the_table(tm
 
 
 def test_save_config_is_atomic_a_failed_write_leaves_the_earlier_file(tmp_path, monkeypatch):
-    import pathlib
 
     path = tmp_path / "config.yaml"
     save_config(make(train={"steps": 7}), path)
     before = path.read_text()
-    real = pathlib.Path.write_text
-
-    def half_then_full_disk(self, text, *a, **k):
-        real(self, text[: len(text) // 2], *a, **k)
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(pathlib.Path, "write_text", half_then_full_disk)
+    full_disk_halfway_through_write_text(monkeypatch)
     with pytest.raises(OSError):
         save_config(make(train={"steps": 8}), path)
     monkeypatch.undo()

@@ -7,6 +7,7 @@ import torch
 from metadino.data.table import load_table
 from metadino.data.targets import TableTargets, build_encoder, load_vocab, save_vocab
 from metadino.errors import UserError
+from testkit import full_disk_halfway_through_write_text
 
 
 @pytest.fixture
@@ -109,18 +110,11 @@ def test_a_float_column_as_classes_is_refused_when_nearly_all_distinct_and_warne
 
 
 def test_save_vocab_is_atomic(table, tmp_path, monkeypatch):
-    import pathlib
 
     encs = {"plate": build_encoder(table, "plate")}
     save_vocab(tmp_path / "vocab.json", encs)
     before = (tmp_path / "vocab.json").read_text()
-    real = pathlib.Path.write_text
-
-    def half_then_full_disk(self, text, *a, **k):
-        real(self, text[: len(text) // 2], *a, **k)
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(pathlib.Path, "write_text", half_then_full_disk)
+    full_disk_halfway_through_write_text(monkeypatch)
     with pytest.raises(OSError):
         save_vocab(tmp_path / "vocab.json", {"loc": build_encoder(table, "loc")})
     monkeypatch.undo()
