@@ -8,7 +8,16 @@ from pathlib import Path
 
 from metadino.errors import UserError
 
-__all__ = ["atomic_write", "atomic_write_text", "check_output_file", "claim_output_dir"]
+__all__ = ["atomic_write", "atomic_write_text", "cache_root", "check_output_file", "claim_output_dir"]
+
+
+def cache_root() -> Path:
+    """metadino's cache folder: ``$METADINO_CACHE``, else ``$XDG_CACHE_HOME/metadino``, else ``~/.cache/metadino``
+    (the evaluation features and the image pre-checks keep their caches below it)."""
+    if os.environ.get("METADINO_CACHE"):
+        return Path(os.environ["METADINO_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "metadino"
 
 
 def atomic_write(path: Path, write: Callable[[Path], object], *, fsync: bool = False) -> Path:

@@ -34,7 +34,7 @@ from metadino import __version__
 from metadino.data import images
 from metadino.data.table import MetadataTable
 from metadino.errors import UserError
-from metadino.files import atomic_write_text
+from metadino.files import atomic_write_text, cache_root
 
 __all__ = ["BAD_IMAGE_POLICIES", "SKIPPED_ROWS_FILE", "BadRow", "Preflight", "available_cores", "cache_root",
            "check_images", "write_skipped_rows"]
@@ -43,15 +43,6 @@ BAD_IMAGE_POLICIES: tuple[str, ...] = ("strict", "skip")
 SKIPPED_ROWS_FILE = "skipped_rows.csv"
 SHOW_BAD_ROWS = 10  # bad rows listed in a message; the rest are counted
 _CACHE_FORMAT = 1  # bump when the cached fields or their meaning change
-
-
-def cache_root() -> Path:
-    """metadino's cache folder: ``$METADINO_CACHE``, else ``$XDG_CACHE_HOME/metadino``, else ``~/.cache/metadino``
-    (the root the evaluation feature cache also lives under)."""
-    if os.environ.get("METADINO_CACHE"):
-        return Path(os.environ["METADINO_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "metadino"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from metadino.data.dataset import EvalDataset
 from metadino.data.table import MetadataTable
 from metadino.errors import UserError
-from metadino.files import atomic_write
+from metadino.files import atomic_write, cache_root
 from metadino.models.backbone import Backbone
 from metadino.models.preprocessing import Preprocessing
 
@@ -57,10 +57,7 @@ class Features:
 
 
 def default_cache_dir() -> Path:
-    if os.environ.get("METADINO_CACHE"):
-        return Path(os.environ["METADINO_CACHE"]).expanduser() / "features"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "metadino" / "features"
+    return cache_root() / "features"
 
 
 def weights_digest(backbone: Backbone) -> str:
