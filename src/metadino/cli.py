@@ -241,6 +241,36 @@ def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("key", nargs="?", default=None, help="a key or section, e.g. crops or ssl.gram.weight")
 
 
+def _add_import(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from metadino.importers import EXAMPLES
+
+    examples = "\n".join(f"  {line}" for line in EXAMPLES.values())
+    p = sub.add_parser(
+        "import",
+        help="write a metadino table (+ a data: block) from a public dataset's own files",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            Convert a public dataset, as it ships, into a metadino table (CSV, or Parquet when --out ends in
+            .parquet) and OUT_STEM.data.yaml beside it: the data: block to paste into a config. Derived metadata
+            (year, month, hour, region, location, sequence...) become columns; the summary says which columns
+            look informative or spurious. The dataset's files are only read; an existing output is replaced only
+            with --overwrite; every image file the table names must exist unless --no-check-files.
+
+            examples:
+            """
+        ) + examples,
+    )
+    p.add_argument("layout", choices=list(EXAMPLES), metavar="LAYOUT", help=f"one of: {', '.join(EXAMPLES)}")
+    p.add_argument("source", metavar="SOURCE", help="the dataset folder or file (see the examples)")
+    p.add_argument("--out", type=Path, required=True, help="the table to write (.csv or .parquet)")
+    p.add_argument("--images", type=Path, default=None, metavar="DIR",
+                   help="folder holding the images, if not where the layout puts them (medmnist: where to write "
+                        "the stacked .npy arrays; default beside the table)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-check-files", action="store_true", help="do not check that the image files exist")
+
+
 def _add_table_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-column", default="path", help="column with image paths (default: path)")
     p.add_argument("--root", default=None, help="folder relative image paths start from (default: the table's folder)")
@@ -334,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(sub)
     _add_eval(sub)
     _add_inspect(sub)
+    _add_import(sub)
     _add_config(sub)
     return parser
 
@@ -433,6 +464,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from metadino.importers import run_import
+
+    print(run_import(args.layout, args.source, args.out, images=args.images, overwrite=args.overwrite,
+                     check_files=not args.no_check_files))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from metadino.demo import run_demo
 
@@ -465,6 +504,7 @@ COMMANDS = {
     "demo": _cmd_demo,
     "eval": _cmd_eval,
     "inspect": _cmd_inspect,
+    "import": _cmd_import,
     "config": _cmd_config,
 }
 

@@ -7,40 +7,26 @@ the columns the :mod:`metadino.audit` rules find informative or spurious.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metadino.errors import UserError
-from metadino.importers import (
-    cell_painting,
-    coco_camera_traps,
-    hpa,
-    medmnist,
-    mimic_cxr_jpg,
-    wilds_camelyon17,
-    wilds_fmow,
-    wilds_iwildcam,
-    wilds_rxrx1,
-)
-from metadino.importers.common import (
-    Converter,
-    Imported,
-    audit_imported,
-    check_outputs,
-    missing_files,
-    summary_text,
-    write_outputs,
-)
 
-LAYOUTS: dict[str, Converter] = {
-    "wilds-fmow": wilds_fmow.convert,
-    "wilds-iwildcam": wilds_iwildcam.convert,
-    "wilds-camelyon17": wilds_camelyon17.convert,
-    "wilds-rxrx1": wilds_rxrx1.convert,
-    "coco-camera-traps": coco_camera_traps.convert,
-    "mimic-cxr-jpg": mimic_cxr_jpg.convert,
-    "hpa": hpa.convert,
-    "cell-painting": cell_painting.convert,
-    "medmnist": medmnist.convert,
+if TYPE_CHECKING:
+    from metadino.importers.common import Converter
+
+# layout -> its module; imported only when used, so that `metadino --help` does not load pandas
+LAYOUTS: dict[str, str] = {
+    "wilds-fmow": "wilds_fmow",
+    "wilds-iwildcam": "wilds_iwildcam",
+    "wilds-camelyon17": "wilds_camelyon17",
+    "wilds-rxrx1": "wilds_rxrx1",
+    "coco-camera-traps": "coco_camera_traps",
+    "mimic-cxr-jpg": "mimic_cxr_jpg",
+    "hpa": "hpa",
+    "cell-painting": "cell_painting",
+    "medmnist": "medmnist",
 }
 
 EXAMPLES: dict[str, str] = {
@@ -65,6 +51,8 @@ def run_import(layout: str, source: str | Path, out: str | Path, *, images: str 
     Raises:
         UserError: naming the file, column and rows at fault.
     """
+    from metadino.importers.common import audit_imported, check_outputs, missing_files, summary_text, write_outputs
+
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout '{layout}'; choose one of {', '.join(LAYOUTS)}")
     out_path = Path(out).expanduser()
@@ -72,7 +60,8 @@ def run_import(layout: str, source: str | Path, out: str | Path, *, images: str 
     images_dir = None if images is None else Path(images).expanduser().absolute()
     if images_dir is not None and layout != "medmnist" and not images_dir.is_dir():
         raise UserError(f"--images '{images_dir}' is not a folder; pass the folder that holds the images")
-    imported: Imported = LAYOUTS[layout](Path(source).expanduser().absolute(), images_dir, out_path.absolute().parent)
+    convert: Converter = importlib.import_module(f"metadino.importers.{LAYOUTS[layout]}").convert
+    imported = convert(Path(source).expanduser().absolute(), images_dir, out_path.absolute().parent)
     check_outputs(out_path, imported, overwrite=overwrite)
     if check_files:
         problem = missing_files(imported)
@@ -82,4 +71,4 @@ def run_import(layout: str, source: str | Path, out: str | Path, *, images: str 
     return summary_text(out_path, snippet, imported, audit_imported(out_path, imported))
 
 
-__all__ = ["EXAMPLES", "LAYOUTS", "Imported", "run_import"]
+__all__ = ["EXAMPLES", "LAYOUTS", "run_import"]
