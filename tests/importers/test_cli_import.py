@@ -78,3 +78,9 @@ def test_unknown_layout_is_refused(capsys, tmp_path):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'imagenet'" in err and "Traceback" not in err
+
+
+def test_unwritable_out_is_one_line(capsys, hpa, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    err = one_line_error(capsys, "import", "hpa", str(hpa), "--out", str(tmp_path / "afile" / "t.csv"))
+    assert "cannot write" in err and "afile" in err

@@ -91,3 +91,11 @@ def test_malformed_json_is_named(cct, do_import):
     (cct / "cct.json").write_text('{"images": [')
     with pytest.raises(UserError, match=r"cct.json is not valid JSON \(line 1\)"):
         do_import("coco-camera-traps", cct / "cct.json")
+
+
+def test_mixed_type_keys_are_written_as_text_to_parquet(cct, do_import):
+    mixed = doc()
+    mixed["images"][0]["location"] = 3  # LILA files mix integer and text locations
+    (cct / "cct.json").write_text(json.dumps(mixed))
+    t = do_import("coco-camera-traps", cct / "cct.json", name="cct.parquet").table
+    assert t["location"].tolist() == ["3", "loc1", "loc2", "loc2"]

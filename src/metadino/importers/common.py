@@ -233,6 +233,26 @@ def missing_files(imported: Imported) -> str | None:
 
 def write_outputs(out: Path, imported: Imported) -> Path:
     """Write the stacked arrays, the table and the snippet (each atomically); returns the snippet's path."""
+    try:
+        return _write_outputs(out, imported)
+    except OSError as err:  # a read-only folder, a full disk: one sentence, and no half-written file behind
+        raise UserError(f"cannot write {err.filename or out}: {err.strerror or err}; choose another --out") from None
+
+
+def _uniform_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns whose cells mix numbers and text (a JSON ``location`` that is 3 here and "A3" there) as text, which
+    Parquet requires and which keeps 3 and "3" one class."""
+    frame = frame.copy()
+    for column in frame.columns:
+        series = frame[column]
+        if series.dtype == object:
+            kinds = {type(v) for v in series.dropna()}
+            if len(kinds) > 1:
+                frame[column] = series.map(lambda v: v if pd.isna(v) else str(v))
+    return frame
+
+
+def _write_outputs(out: Path, imported: Imported) -> Path:
     for path, array in imported.arrays.items():
         path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -242,7 +262,7 @@ def write_outputs(out: Path, imported: Imported) -> Path:
 
         atomic_write(path, save)
     out.parent.mkdir(parents=True, exist_ok=True)
-    frame = imported.frame
+    frame = _uniform_columns(imported.frame)
     if out.suffix.lower() == ".parquet":
         atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
     else:
