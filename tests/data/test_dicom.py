@@ -82,10 +82,35 @@ def test_monochrome1_is_inverted(tmp_path):
     assert r[0, 0].tolist() == [8090.0, -100.0, 7990.0 - 1900.0]
 
 
-def test_multi_frame_is_refused(tmp_path):
-    path = _write(tmp_path / "cine.dcm", np.zeros((3, 4, 4), np.uint16))
-    with pytest.raises(UserError, match=r"cine\.dcm is multi-frame \(3 frames\).*one frame per file"):
+def test_multi_frame_needs_a_frame_and_reads_only_it(tmp_path):
+    frames = np.stack([np.full((4, 4), v, np.uint16) for v in (0, 1000, 65535)])
+    path = _write(tmp_path / "cine.dcm", frames)
+    with pytest.raises(UserError, match=r"cine\.dcm is multi-frame \(3 frames\); choose a frame.*index_column"):
         load_image(path)
+    for i, v in enumerate((0, 1000, 65535)):
+        assert torch.equal(load_image(path, index=i), torch.full((1, 4, 4), v / 65535))
+    with pytest.raises(UserError, match=r"cine\.dcm has 3 frame\(s\) but the row asks for frame 3"):
+        load_image(path, index=3)
+
+
+def test_voi_window_scales_the_window_to_unit_range(tmp_path):
+    from metadino.data.reading import ReadOptions
+
+    stored = np.array([[0, 1000, 1040, 1080, 3000]], np.uint16)  # CT: HU = stored - 1024
+    path = _write(tmp_path / "w.dcm", stored, Modality="CT", RescaleSlope=1, RescaleIntercept=-1024,
+                  WindowCenter=40, WindowWidth=80)
+    plain = load_image(path)
+    assert plain[0, 0].tolist() == [-1024.0, -24.0, 16.0, 56.0, 1976.0]  # HU kept by default
+    windowed = load_image(path, ReadOptions(voi_window=True))[0, 0]
+    # Window [0, 80] HU (DICOM's linear function): below -> 0, above -> 1, inside -> linear.
+    assert windowed[0] == 0 and windowed[-1] == 1 and windowed[1] == 0
+    assert 0.15 < windowed[2] < 0.25 and 0.65 < windowed[3] < 0.75
+    mono1 = _write(tmp_path / "m1.dcm", stored, Modality="CT", RescaleSlope=1, RescaleIntercept=-1024,
+                   WindowCenter=40, WindowWidth=80, PhotometricInterpretation="MONOCHROME1")
+    assert torch.allclose(load_image(mono1, ReadOptions(voi_window=True))[0, 0], 1 - windowed)
+    bare = _write(tmp_path / "bare.dcm", stored)
+    with pytest.raises(UserError, match=r"bare\.dcm has no VOI LUT or window"):
+        load_image(bare, ReadOptions(voi_window=True))
 
 
 def test_compressed_syntax_without_decoder_is_named(tmp_path, monkeypatch):

@@ -8,8 +8,8 @@ import tifffile
 import torch
 from PIL import Image
 
-from metadino.data import images
-from metadino.data.images import IMAGE_SUFFIXES, load_image
+from metadino.data.images import IMAGE_SUFFIXES, load_image, load_image_bytes
+from metadino.data.reading import ReadOptions, Tile
 from metadino.errors import UserError
 
 
@@ -20,7 +20,7 @@ def _png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
 
 def test_suffixes():
     assert set(IMAGE_SUFFIXES) == {
-        ".png", ".jpg", ".jpeg", ".jp2", ".j2k", ".tif", ".tiff", ".dcm", ".dicom", ".npy",
+        ".png", ".jpg", ".jpeg", ".jp2", ".j2k", ".tif", ".tiff", ".dcm", ".dicom", ".npy", ".zarr",
     }
 
 
@@ -135,7 +135,7 @@ def test_layout_rule_rejects_ambiguous_and_4d(tmp_path):
     with pytest.raises(UserError, match="channel axis"):
         load_image(tmp_path / "vol.npy")
     np.save(tmp_path / "stack.npy", np.zeros((2, 3, 8, 8), np.float32))
-    with pytest.raises(UserError, match=r"stack\.npy.*4-D"):
+    with pytest.raises(UserError, match=r"stack\.npy holds a stack of 2 images.*data\.index_column"):
         load_image(tmp_path / "stack.npy")
     tifffile.imwrite(tmp_path / "t.tif", np.zeros((2, 3, 8, 8), np.uint16), photometric="minisblack")
     with pytest.raises(UserError, match=r"t\.tif.*4-D"):
@@ -268,23 +268,23 @@ def test_jpeg2000_through_pillow(tmp_path, suffix):
     assert img.shape == (1, 20, 30) and torch.equal(img[0], torch.from_numpy(gray.astype(np.float32) / 65535))
 
 
-def test_pixel_limit_is_a_clear_refusal(tmp_path, monkeypatch):
+def test_pixel_limit_is_a_clear_refusal(tmp_path):
     from PIL import Image as PILImage
 
     _png(tmp_path / "big.png", np.zeros((40, 50), np.uint8))
     tifffile.imwrite(tmp_path / "big.tif", np.zeros((40, 50), np.uint8), compression="zstd")
+    np.save(tmp_path / "big.npy", np.zeros((40, 50), np.uint8))
     assert load_image(tmp_path / "big.png").shape == (1, 40, 50)
-    assert PILImage.MAX_IMAGE_PIXELS == images.MAX_IMAGE_PIXELS == 1_000_000_000
+    assert PILImage.MAX_IMAGE_PIXELS == ReadOptions().max_pixels == 1_000_000_000
     # Pillow errors above 2x its limit and only warns between 1x and 2x: both are refused, and not as corrupt.
     for limit in (1500, 999):
-        monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", limit)
-        for name in ("big.png", "big.tif"):
+        for name in ("big.png", "big.tif", "big.npy"):
             with pytest.raises(UserError, match=rf"big\.{name[-3:]} is larger than the pixel limit.*2,000 pixels"
-                               r".*raise metadino\.data\.images\.MAX_IMAGE_PIXELS") as info:
-                load_image(tmp_path / name)
+                               r".*raise data\.read\.max_pixels") as info:
+                load_image(tmp_path / name, ReadOptions(max_pixels=limit))
             assert "corrupt" not in str(info.value)
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 2000)
-    assert load_image(tmp_path / "big.png").shape == load_image(tmp_path / "big.tif").shape == (1, 40, 50)
+    for name in ("big.png", "big.tif", "big.npy"):
+        assert load_image(tmp_path / name, ReadOptions(max_pixels=2000)).shape == (1, 40, 50)
 
 
 def test_multi_series_tiff_reads_series_0_and_warns(tmp_path):
@@ -302,3 +302,91 @@ def test_multi_series_tiff_reads_series_0_and_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_image(tmp_path / "one.tif")  # one series: no warning
+
+
+# ------------------------------------------------------------------------- bytes, URLs, stacks, tiles, no-data
+
+
+def test_bytes_decode_by_name_or_by_signature(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (12, 10, 3), dtype=np.uint8)
+    _png(tmp_path / "a.png", rgb)
+    tifffile.imwrite(tmp_path / "b.tif", rgb[..., 0].astype(np.uint16) * 200, compression="zstd")
+    np.save(tmp_path / "c.npy", rgb.astype(np.float32))
+    for name in ("a.png", "b.tif", "c.npy"):
+        data = (tmp_path / name).read_bytes()
+        expected = load_image(tmp_path / name)
+        assert torch.equal(load_image_bytes(data, name), expected)
+        assert torch.equal(load_image_bytes(data, "row 4"), expected)  # no suffix: the file signature decides
+    with pytest.raises(UserError, match=r"cannot read image row 7: its bytes are not PNG"):
+        load_image_bytes(b"hello world", "row 7")
+    with pytest.raises(UserError, match=r"cannot decode image x\.png"):
+        load_image_bytes((tmp_path / "a.png").read_bytes()[:40], "x.png")
+
+
+def test_fsspec_urls_read_like_files(tmp_path):
+    import fsspec
+
+    rgb = np.random.default_rng(1).integers(0, 255, (8, 9, 3), dtype=np.uint8)
+    _png(tmp_path / "a.png", rgb)
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/a.png", (tmp_path / "a.png").read_bytes())
+    try:
+        assert torch.equal(load_image("memory://bucket/a.png"), load_image(tmp_path / "a.png"))
+        with pytest.raises(UserError, match=r"memory://bucket/missing\.png does not exist"):
+            load_image("memory://bucket/missing.png")
+        with pytest.raises(UserError, match=r"suffix '\.gif' is not supported"):
+            load_image("memory://bucket/a.gif")
+    finally:
+        fs.rm("/bucket", recursive=True)
+
+
+def test_npy_stack_items_are_memory_mapped(tmp_path, monkeypatch):
+    stack = np.random.default_rng(2).integers(0, 255, (5, 6, 7, 3), dtype=np.uint8)  # MedMNIST: [N, H, W, C]
+    np.save(tmp_path / "s.npy", stack)
+    for i in range(5):
+        assert torch.equal(load_image(tmp_path / "s.npy", index=i),
+                           torch.from_numpy(np.moveaxis(stack[i], -1, 0).astype(np.float32) / 255))
+    seen = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: seen.append(k.get("mmap_mode")) or real_load(*a, **k))
+    load_image(tmp_path / "s.npy", index=2)
+    assert seen == ["r"]
+    with pytest.raises(UserError, match=r"s\.npy holds 5 images but the row asks for item 5; valid items are 0 to 4"):
+        load_image(tmp_path / "s.npy", index=5)
+    _png(tmp_path / "p.png", stack[0])
+    with pytest.raises(UserError, match=r"p\.png: an item index .* applies to \.npy stacks and multi-frame DICOM"):
+        load_image(tmp_path / "p.png", index=0)
+
+
+def test_tiles_of_untiled_formats_are_crops(tmp_path):
+    img = np.random.default_rng(3).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    _png(tmp_path / "a.png", img)
+    np.save(tmp_path / "a.npy", np.moveaxis(img, -1, 0))
+    full = load_image(tmp_path / "a.png")
+    for name in ("a.png", "a.npy"):
+        tile = load_image(tmp_path / name, tile=Tile(x=4, y=5, width=10, height=6))
+        assert torch.equal(tile, full[:, 5:11, 4:14])
+        with pytest.raises(UserError, match=rf"{name}: tile x=25, y=0, 10x6 lies outside the image of width 30"):
+            load_image(tmp_path / name, tile=Tile(x=25, y=0, width=10, height=6))
+
+
+def test_nodata_policies(tmp_path):
+    first = [[1.0, np.nan, 2.0], [3.0, 5.0, 1.0], [2.0, 2.0, 2.0]]
+    scene = np.array([first, np.full((3, 3), np.nan)], np.float32)
+    np.save(tmp_path / "nan.npy", scene)
+    with pytest.raises(UserError, match=r"nan\.npy has 10 no-data pixels \(NaN\) in channel\(s\) \[0, 1\].*"
+                                        r"data\.read\.nodata to fill or mean"):
+        load_image(tmp_path / "nan.npy")
+    filled = load_image(tmp_path / "nan.npy", ReadOptions(nodata="fill", fill_value=-1.0))
+    assert filled[0].tolist() == np.nan_to_num(np.array(first), nan=-1.0).tolist() and (filled[1] == -1).all()
+    mean = load_image(tmp_path / "nan.npy", ReadOptions(nodata="mean", fill_value=0.5))
+    assert mean[0].tolist() == np.nan_to_num(np.array(first), nan=18 / 8).tolist()
+    assert (mean[1] == 0.5).all()  # a channel with no valid pixel: the fill value
+    # An integer nodata value is compared on the raw pixels, before scaling (Sentinel-2 L1C: 0 = no data).
+    raw = np.array([[0, 100], [300, 0]], np.uint16)
+    tifffile.imwrite(tmp_path / "s2.tif", raw)
+    with pytest.raises(UserError, match=r"s2\.tif has 2 no-data pixels \(NaN or 0\)"):
+        load_image(tmp_path / "s2.tif", ReadOptions(nodata_value=0))
+    out = load_image(tmp_path / "s2.tif", ReadOptions(nodata_value=0, nodata="mean"))
+    assert torch.allclose(out, torch.tensor([[[200, 100], [300, 200]]]) / 65535)
+    assert torch.equal(load_image(tmp_path / "s2.tif"), torch.from_numpy(raw[None] / 65535).float())  # default: none

@@ -14,12 +14,13 @@ Value rules (they follow :mod:`metadino.data.images`' contract: integers scaled 
 - **MONOCHROME1** (high stored value = dark, common for CR/DX) is inverted so that high = bright, as in
   MONOCHROME2: ``lo + hi - value`` where ``lo``/``hi`` are the output values of the smallest and largest
   storable pixel; for scaled pixels that is ``1 - value``.
-- **VOI windowing (Window Center/Width, VOI LUT) is NOT applied**: the window is a display choice that throws
-  away range; the model sees the full modality range. Apply a window as a transform if you want one.
+- **VOI windowing** (Window Center/Width, VOI LUT) is off by default: the window is a display choice that throws
+  away range, and the model sees the full modality range. With ``voi_window`` (``data.read.voi_window``), the
+  file's first VOI LUT or window is applied (pydicom's ``apply_voi_lut``) and its output range scaled to [0, 1].
 - Colour files (RGB, YBR_*) come back as RGB (pydicom converts YBR) with integers scaled by *BitsStored*;
   no modality LUT applies to them.
-- **Multi-frame** files (*NumberOfFrames* > 1: CT/MR enhanced, tomosynthesis, cine) are refused: save one
-  frame per file.
+- **Multi-frame** files (*NumberOfFrames* > 1: CT/MR enhanced, tomosynthesis, cine) need a frame: the row's
+  ``data.index_column`` value (only that frame is decoded); without one they are refused.
 - A compressed transfer syntax whose decoder is not installed is refused with a message naming the transfer
   syntax and the packages that decode it (``pylibjpeg`` with ``pylibjpeg-libjpeg`` / ``pylibjpeg-openjpeg``
   / ``pylibjpeg-rle``, or ``python-gdcm``). JPEG Baseline, JPEG 2000 and RLE decode through Pillow and pydicom
@@ -31,26 +32,34 @@ The returned array is ``[C, H, W]`` (``C`` = 1 for monochrome, 3 for colour).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from metadino.errors import UserError
 
 
-def load_dicom(path: str | Path) -> np.ndarray:
-    """Read one single-frame DICOM image as ``[C, H, W]`` (float32, value rules in the module docstring).
+def load_dicom(source: str | Path | BinaryIO, *, frame: int | None = None, voi_window: bool = False,
+               name: str | Path | None = None) -> np.ndarray:
+    """Read one DICOM image (or one frame) as ``[C, H, W]`` (float32, value rules in the module docstring).
+
+    Args:
+        source: a file path or an open binary file.
+        frame: the frame of a multi-frame file (0-based).
+        voi_window: apply the file's VOI LUT / window and scale it to [0, 1].
+        name: how messages name the file (default: the path).
 
     Raises:
-        UserError: not a DICOM file, no pixel data, several frames, or no installed decoder for its
-            transfer syntax. Other decode errors propagate (``load_image`` reports them as a corrupt file).
+        UserError: not a DICOM file, no pixel data, several frames and no frame chosen, a frame out of range, or
+            no installed decoder for its transfer syntax. Other decode errors propagate (``load_image`` reports
+            them as a corrupt file).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    path = Path(path)
+    path = name if name is not None else source
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(source)
     except InvalidDicomError as err:
         raise UserError(
             f"{path} is not a DICOM file ({err}); re-export it as DICOM Part 10 or remove its row from the table"
@@ -60,18 +69,28 @@ def load_dicom(path: str | Path) -> np.ndarray:
             f"DICOM {path} holds no pixel data (a report, DICOMDIR or presentation state?); remove its row"
         )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
+    if frame is None and frames > 1:
         raise UserError(
-            f"DICOM {path} is multi-frame ({frames} frames); only single-frame images are read — save one "
-            f"frame per file (e.g. with pydicom) and list each as its own row"
+            f"DICOM {path} is multi-frame ({frames} frames); choose a frame per row with data.index_column "
+            f"(0 to {frames - 1}), or save one frame per file"
         )
+    if frame is not None and not 0 <= frame < frames:
+        raise UserError(f"DICOM {path} has {frames} frame(s) but the row asks for frame {frame}; valid frames are "
+                        f"0 to {frames - 1}")
     _check_decoder(ds, path)
-    stored = np.asarray(ds.pixel_array)
+    if frames > 1:
+        from pydicom.pixels.utils import pixel_array
+
+        stored = np.asarray(pixel_array(ds, index=frame))  # decodes that frame only
+    else:
+        stored = np.asarray(ds.pixel_array)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if stored.ndim == 3:  # colour: [H, W, 3], already RGB
         return np.moveaxis(_scale_stored(stored, ds), -1, 0).astype(np.float32)
     if stored.ndim != 2:
         raise UserError(f"DICOM {path} has pixel data of shape {tuple(stored.shape)}; expected one 2-D frame")
+    if voi_window:
+        return _windowed(stored, ds, photometric, path)[None]
     if np.issubdtype(stored.dtype, np.floating):  # Float / Double Float Pixel Data: already real values
         out = stored.astype(np.float32)
     elif _has_modality_lut(ds):
@@ -89,7 +108,23 @@ def load_dicom(path: str | Path) -> np.ndarray:
     return out[None]
 
 
-def _check_decoder(ds: Any, path: Path) -> None:
+def _windowed(stored: np.ndarray, ds: Any, photometric: str, path: str | Path | BinaryIO) -> np.ndarray:
+    """Modality LUT, then the first VOI LUT or window, scaled from its output range to [0, 1]."""
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+
+    if not ds.get("VOILUTSequence") and ds.get("WindowCenter") is None:
+        raise UserError(f"DICOM {path} has no VOI LUT or window (Window Center/Width) but data.read.voi_window is "
+                        "on; turn it off for files without one")
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    out = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+    # The VOI output range: the window maps everything below/above it to its ends, a LUT to its first/last entry.
+    ends = np.asarray(apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0), dtype=np.float64)
+    lo, hi = float(ends.min()), float(ends.max())
+    scaled = ((out - lo) / max(hi - lo, 1e-12)).astype(np.float32)
+    return 1.0 - scaled if photometric == "MONOCHROME1" else scaled
+
+
+def _check_decoder(ds: Any, path: str | Path | BinaryIO) -> None:
     """Refuse a compressed transfer syntax no installed plugin decodes, naming what to install."""
     from pydicom.pixels.decoders.base import get_decoder
 

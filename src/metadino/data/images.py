@@ -1,19 +1,18 @@
-"""Decode one image file to a float32 ``[C, H, W]`` tensor.
+"""Decode one image — a file, a URL or bytes from the table — to a float32 ``[C, H, W]`` tensor.
 
-Supported files:
+Supported formats (the library of each; no decoder is written here):
 
-- PNG, JPEG and JPEG 2000 (``.jp2``, ``.j2k``) through Pillow (Pillow ships OpenJPEG). Pillow's
-  decompression-bomb limit is :data:`MAX_IMAGE_PIXELS` (set on ``PIL.Image``); a larger image is refused with
-  a message naming its size and how to raise the limit.
-- TIFF through tifffile, with ``imagecodecs`` for the compressed ones: uncompressed, PackBits, LZW, Deflate/ZIP,
-  ZSTD, JPEG, JPEG 2000, WebP, LERC and the other codecs imagecodecs provides. A codec that is not installed
-  is reported as such (which codec, what to install), not as a corrupt file. Only the **first series** is read
-  (``series[0]``, its full-resolution level); a file with several series (multi-series OME-TIFF, pages of
-  different shapes) is read with a warning naming the count. A TIFF page larger than :data:`MAX_IMAGE_PIXELS`
-  is refused the same way as with Pillow.
-- DICOM (``.dcm``, ``.dicom``) through pydicom: see :mod:`metadino.data.dicom` for its value rules (modality
-  units such as CT Hounsfield units kept as floats, MONOCHROME1 inverted, multi-frame files refused).
-- ``.npy`` through numpy.
+- PNG, JPEG and JPEG 2000 (``.jp2``, ``.j2k``) through Pillow (which ships OpenJPEG), upright by their EXIF
+  orientation tag (a phone or camera JPEG stored sideways is read as it is displayed).
+- TIFF through tifffile + imagecodecs (:mod:`metadino.data.tiff`: compressed tiles, OME-TIFF series, pyramid
+  levels, Z/T planes, whole-slide tiles).
+- OME-Zarr (NGFF, a ``.zarr`` folder) through zarr (:mod:`metadino.data.ngff`).
+- DICOM (``.dcm``, ``.dicom``) through pydicom (:mod:`metadino.data.dicom`: modality units, MONOCHROME1,
+  frames, optional VOI window).
+- ``.npy`` through numpy, memory-mapped: a single image, or one item (``index``) of a stack ``[N, ...]``.
+
+A path may be an fsspec URL (``s3://``, ``gs://``, ``https://``, ``memory://`` …; the filesystem's package must be
+installed, e.g. ``s3fs``): the file is read into memory and decoded like a local one (not OME-Zarr).
 
 Value scaling (never clamped, so un-normalized float data survives intact):
 
@@ -22,124 +21,199 @@ Value scaling (never clamped, so un-normalized float data survives intact):
 - floating point -> kept as is (cast to float32);
 - ``bool`` -> 0/1.
 
-Channel layout of 3-D arrays (TIFF and ``.npy``): the channel axis is the **first or last** axis whose
-length is ``<= 64`` **and strictly smaller than both other axes**. So ``[4, 512, 512]`` is channel-first
-and ``[512, 512, 4]`` channel-last. Arrays where no axis qualifies (``[64, 64, 64]``, ``[3, 3, 3]``,
-``[100, 512, 512]``) are rejected as ambiguous or volumetric. 2-D arrays are one channel. Pillow
-images are always channel-last, and turned upright by their EXIF orientation tag (a phone or camera JPEG stored
-sideways is read as it is displayed).
+No-data pixels (NaN, and pixels equal to ``ReadOptions.nodata_value``) follow ``ReadOptions.nodata``: refused
+(the default), filled with a value, or filled with the channel's mean. Channel layout of 3-D arrays follows
+:func:`metadino.data.layout.channels_first`.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
+from metadino.data.layout import MAX_CHANNELS, channels_first, check_fits_memory, too_large
+from metadino.data.reading import DEFAULT_READ, ReadOptions, Tile
 from metadino.errors import UserError
 
-IMAGE_SUFFIXES: tuple[str, ...] = (
-    ".png", ".jpg", ".jpeg", ".jp2", ".j2k", ".tif", ".tiff", ".dcm", ".dicom", ".npy",
-)
-MAX_CHANNELS = 64  # a 3-D array's channel axis must be at most this long (see the module docstring)
-# Largest image (height x width) decoded; Pillow's own default (~89 Mpx) is too small for satellite and
-# slide scenes. Read at each decode, so assigning a new value to this module attribute takes effect.
-MAX_IMAGE_PIXELS = 1_000_000_000
+__all__ = ["IMAGE_SUFFIXES", "MAX_CHANNELS", "is_url", "load_image", "load_image_bytes", "to_float"]
 
+IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".png", ".jpg", ".jpeg", ".jp2", ".j2k", ".tif", ".tiff", ".dcm", ".dicom", ".npy", ".zarr",
+)
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".jp2", ".j2k")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _DICOM_SUFFIXES = (".dcm", ".dicom")
-# How tifffile words a codec it cannot decode (CompressionCodec / PredictorCodec KeyErrors, re-raised by
-# TiffPage.decode as ValueError): "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package",
-# "<COMPRESSION.X: n> not supported" / "not implemented", "n is not a known COMPRESSION".
-_TIFF_CODEC_ERROR = re.compile(
-    r"(COMPRESSION|PREDICTOR)\.?\w*.*(requires the 'imagecodecs' package|not supported|not implemented)"
-    r"|is not a known (COMPRESSION|PREDICTOR)"
-)
 _EXIF_ORIENTATION = 0x0112
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+# File signatures, for bytes without a name (a plain bytes column)
+_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG", ".png"), (0, b"\xff\xd8\xff", ".jpg"), (0, b"II*\x00", ".tif"), (0, b"MM\x00*", ".tif"),
+    (0, b"II+\x00", ".tif"), (0, b"MM\x00+", ".tif"), (0, b"\x93NUMPY", ".npy"), (128, b"DICM", ".dcm"),
+    (0, b"\x00\x00\x00\x0cjP  ", ".jp2"), (0, b"\xffO\xffQ", ".j2k"),
+)
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Decode one image to float32 ``[C, H, W]`` (scaling and layout rules in the module docstring).
+def is_url(path: str | Path) -> bool:
+    """A text with a scheme (``s3://…``, ``https://…``); ``file://`` counts as a URL too."""
+    return bool(_URL.match(str(path)))
+
+
+def load_image(
+    path: str | Path, options: ReadOptions = DEFAULT_READ, *, index: int | None = None, tile: Tile | None = None
+) -> torch.Tensor:
+    """Decode one image to float32 ``[C, H, W]`` (formats and value rules in the module docstring).
 
     Args:
-        path: image file with one of :data:`IMAGE_SUFFIXES` (case-insensitive).
-
-    Returns:
-        float32 tensor ``[C, H, W]``.
+        path: a file with one of :data:`IMAGE_SUFFIXES` (case-insensitive), an OME-Zarr folder, or an fsspec URL.
+        options: decoding choices shared by every row (:class:`~metadino.data.reading.ReadOptions`).
+        index: the item of a stacked ``.npy`` ``[N, ...]`` or the frame of a multi-frame DICOM.
+        tile: read only this rectangle (TIFF and OME-Zarr read only the tiles under it).
 
     Raises:
-        UserError: the file is missing, truncated, not an image, has an unsupported suffix, or holds
-            data that is not a 2-D image with channels (e.g. 4-D stacks).
+        UserError: missing, unreadable, truncated, unsupported or not a 2-D image with channels; always naming
+            the file.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
+    text = str(path)
+    suffix = _suffix(text)
     if suffix not in IMAGE_SUFFIXES:
         raise UserError(
-            f"cannot read image {path}: suffix '{path.suffix}' is not supported; "
+            f"cannot read image {text}: suffix '{suffix or '(none)'}' is not supported; "
             f"convert it to one of {', '.join(IMAGE_SUFFIXES)}"
         )
-    if not path.is_file():
-        raise UserError(f"image file {path} does not exist; check the path (and the table's root folder)")
+    if is_url(text):
+        return load_image_bytes(_fetch(text, suffix), text, options, index=index, tile=tile)
+    local = Path(text)
+    if not (local.is_dir() if suffix == ".zarr" else local.is_file()):
+        raise UserError(f"image file {local} does not exist; check the path (and the table's root folder)")
+    return _decode(local, local, suffix, options, index, tile)
+
+
+def load_image_bytes(
+    data: bytes, name: str, options: ReadOptions = DEFAULT_READ, *, index: int | None = None,
+    tile: Tile | None = None,
+) -> torch.Tensor:
+    """Decode an image held in memory (a bytes cell of a Parquet table, a fetched URL).
+
+    ``name`` names it in messages, and its suffix picks the decoder; without a known suffix, the file signature
+    does (PNG, JPEG, TIFF, JPEG 2000, DICOM, ``.npy``).
+    """
+    suffix = _suffix(name)
+    if suffix not in IMAGE_SUFFIXES or suffix == ".zarr":
+        suffix = next((s for at, magic, s in _MAGIC if data[at:at + len(magic)] == magic), "")
+    if not suffix:
+        raise UserError(
+            f"cannot read image {name}: its bytes are not PNG, JPEG, JPEG 2000, TIFF, DICOM or .npy "
+            f"(first bytes {data[:8]!r}); store encoded image files in the column"
+        )
+    return _decode(io.BytesIO(data), name, suffix, options, index, tile)
+
+
+def _decode(source: Path | BinaryIO, name: str | Path, suffix: str, options: ReadOptions, index: int | None,
+            tile: Tile | None) -> torch.Tensor:
+    if index is not None and suffix not in (".npy", *_DICOM_SUFFIXES):
+        raise UserError(f"image {name}: an item index (data.index_column) applies to .npy stacks and multi-frame "
+                        f"DICOM files, not to {suffix} files")
     try:
         if suffix in _PIL_SUFFIXES:
-            array = _read_pil(path)
+            array = _crop(_read_pil(source, name, options), tile, name)
         elif suffix in _TIFF_SUFFIXES:
-            array = _channels_first(_read_tiff(path), path)
+            from metadino.data.tiff import read_tiff
+
+            array = read_tiff(source, options, tile)  # type: ignore[arg-type]  # tifffile takes file objects too
+        elif suffix == ".zarr":
+            from metadino.data.ngff import read_ngff
+
+            array = read_ngff(Path(source), options, tile)  # type: ignore[arg-type]
         elif suffix in _DICOM_SUFFIXES:
             from metadino.data.dicom import load_dicom
 
-            array = load_dicom(path)
+            array = _crop(load_dicom(source, frame=index, voi_window=options.voi_window, name=name), tile, name)
         else:
-            array = _channels_first(_read_npy(path), path)
+            array = _read_npy(source, name, options, index, tile)
     except UserError:
         raise
     except Exception as err:  # decoders raise many types (OSError, ValueError, struct.error, ...)
         raise UserError(
-            f"cannot decode image {path}: {type(err).__name__}: {err}; the file is corrupt, truncated "
+            f"cannot decode image {name}: {type(err).__name__}: {err}; the file is corrupt, truncated "
             f"or not a {suffix[1:].upper()} image — re-export it or remove its row from the table"
         ) from err
     if array.size == 0:
-        raise UserError(f"image {path} is empty (shape {tuple(array.shape)}); re-export it or remove its row")
-    return _to_float(array, path)
+        raise UserError(f"image {name} is empty (shape {tuple(array.shape)}); re-export it or remove its row")
+    return to_float(array, name, options)
 
 
-def _read_pil(path: Path) -> np.ndarray:
-    """PNG/JPEG -> ``[C, H, W]`` array with the file's integer dtype, upright by its EXIF orientation."""
+def _suffix(text: str) -> str:
+    """The suffix of a path or URL (a URL's query and fragment ignored), lower case."""
+    if is_url(text):
+        text = text.split("?", 1)[0].split("#", 1)[0]
+    return Path(text.rstrip("/")).suffix.lower()
+
+
+def _fetch(url: str, suffix: str) -> bytes:
+    if suffix == ".zarr":
+        raise UserError(f"cannot read {url}: OME-Zarr is read from local folders only; copy it to local disk")
+    try:
+        import fsspec
+
+        with fsspec.open(url, "rb") as handle:
+            return bytes(handle.read())
+    except ImportError as err:  # fsspec knows the scheme but its package (s3fs, gcsfs, aiohttp) is missing
+        raise UserError(f"cannot read {url}: {err}; install the package for that filesystem") from err
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(f"image {url} does not exist or cannot be opened ({type(err).__name__}: {err})") from err
+    except OSError as err:
+        raise UserError(f"cannot read image {url}: {type(err).__name__}: {err}") from err
+
+
+def _crop(array: np.ndarray, tile: Tile | None, name: str | Path) -> np.ndarray:
+    """A tile of an image decoded whole (formats without tiles); level 0 only."""
+    if tile is None:
+        return array
+    if tile.level not in (None, 0):
+        raise UserError(f"image {name}: tile level {tile.level} asked, but the file has one resolution level")
+    _, h, w = array.shape
+    if tile.x < 0 or tile.y < 0 or tile.width < 1 or tile.height < 1 or tile.x + tile.width > w \
+            or tile.y + tile.height > h:
+        raise UserError(f"image {name}: tile x={tile.x}, y={tile.y}, {tile.width}x{tile.height} lies outside the "
+                        f"image of width {w} and height {h}")
+    return array[:, tile.y:tile.y + tile.height, tile.x:tile.x + tile.width]
+
+
+# --------------------------------------------------------------------------------------------- Pillow
+
+
+def _read_pil(source: Path | BinaryIO, name: str | Path, options: ReadOptions) -> np.ndarray:
+    """PNG/JPEG/JPEG 2000 -> ``[C, H, W]`` array with the file's integer dtype, upright by its EXIF orientation."""
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = options.max_pixels
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its limit; one limit here: above it, refuse.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return _decode_pil(path)
+            return _decode_pil(source, _suffix(str(name)))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         found = re.search(r"\((\d+) pixels\)", str(err))  # Pillow: "Image size (N pixels) exceeds limit ..."
-        raise _too_large(path, f"{int(found.group(1)):,} pixels" if found else str(err)) from err
+        raise too_large(name, f"{int(found.group(1)):,} pixels" if found else str(err), options.max_pixels) from err
     except OSError as err:
         if re.search(r"(decoder|encoder) \S+ not available", str(err)):  # Pillow built without that codec
             raise UserError(
-                f"image {path} needs a codec this Pillow lacks ({err}); install a Pillow wheel that bundles it "
+                f"image {name} needs a codec this Pillow lacks ({err}); install a Pillow wheel that bundles it "
                 f"(`pip install -U pillow`; JPEG 2000 needs OpenJPEG)"
             ) from err
         raise
 
 
-def _too_large(path: Path, size: str) -> UserError:
-    return UserError(
-        f"image {path} is larger than the pixel limit: {size}, more than {MAX_IMAGE_PIXELS:,}; if the scene "
-        f"is genuine, raise metadino.data.images.MAX_IMAGE_PIXELS before loading, or cut it into tiles"
-    )
-
-
-def _decode_pil(path: Path) -> np.ndarray:
+def _decode_pil(source: Path | BinaryIO, suffix: str) -> np.ndarray:
     from PIL import Image, ImageOps
 
-    with Image.open(path) as opened:
+    with Image.open(source) as opened:
         opened.load()  # force the full decode here so truncation is caught inside the caller's guard
         mode = opened.mode
         img: Image.Image = opened
@@ -152,7 +226,7 @@ def _decode_pil(path: Path) -> np.ndarray:
         elif mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L", "F"):
             img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
         array = np.asarray(img)
-    if mode == "I" and path.suffix.lower() == ".png":
+    if mode == "I" and suffix == ".png":
         # Older Pillow opens 16-bit grayscale PNGs as 32-bit "I"; the data are still 16-bit.
         array = array.astype(np.uint16)
     if array.ndim == 2:
@@ -160,72 +234,43 @@ def _decode_pil(path: Path) -> np.ndarray:
     return np.moveaxis(array, -1, 0)
 
 
-def _read_tiff(path: Path) -> np.ndarray:
-    """Series 0 at full resolution; warn when there are more series; codec errors named as such."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series
-        if not series:
-            raise UserError(f"TIFF {path} holds no image; re-export it or remove its row from the table")
-        if len(series) > 1:
-            warnings.warn(
-                f"TIFF {path} holds {len(series)} image series; reading only the first "
-                f"(shape {tuple(series[0].shape)}) — save one image per file to silence this",
-                stacklevel=3,
-            )
-        page = series[0].keyframe
-        pixels = int(page.imagelength) * int(page.imagewidth)
-        if pixels > MAX_IMAGE_PIXELS:
-            raise _too_large(path, f"{page.imagewidth} x {page.imagelength} = {pixels:,} pixels")
-        try:
-            return np.asarray(series[0].asarray())
-        except (ValueError, KeyError, NotImplementedError) as err:
-            if _TIFF_CODEC_ERROR.search(str(err)):
-                raise _codec_error(path, page, err) from err
-            raise
+# ---------------------------------------------------------------------------------------------- numpy
 
 
-def _codec_error(path: Path, page: object, err: Exception) -> UserError:
-    compression = getattr(getattr(page, "compression", None), "name", None) or "its compression"
-    return UserError(
-        f"TIFF {path} uses the {compression} codec, which the installed tifffile/imagecodecs cannot decode "
-        f"({err}); install or upgrade the codecs with `pip install -U imagecodecs`, or re-save the file "
-        f"uncompressed or with LZW/Deflate/ZSTD"
-    )
-
-
-def _read_npy(path: Path) -> np.ndarray:
-    array = np.load(path, allow_pickle=False)
+def _read_npy(source: Path | BinaryIO, name: str | Path, options: ReadOptions, index: int | None,
+              tile: Tile | None) -> np.ndarray:
+    """A ``.npy`` image, or item `index` of a stack; memory-mapped, so one item of a large stack reads only it."""
+    array = np.load(source, mmap_mode="r" if isinstance(source, Path) else None, allow_pickle=False)
     if not isinstance(array, np.ndarray):
-        raise UserError(f"{path} does not hold a single numpy array; save one array per file with np.save")
-    return array
+        raise UserError(f"{name} does not hold a single numpy array; save one array per file with np.save")
+    if index is not None:
+        if array.ndim not in (3, 4):
+            raise UserError(f"{name} has shape {tuple(array.shape)}; an item index (data.index_column) needs a "
+                            f"stack [N, H, W] or [N, H, W, C] / [N, C, H, W]")
+        if not 0 <= index < array.shape[0]:
+            raise UserError(f"{name} holds {array.shape[0]} images but the row asks for item {index}; valid items "
+                            f"are 0 to {array.shape[0] - 1}")
+        array = array[index]
+    elif array.ndim == 4:
+        raise UserError(f"{name} holds a stack of {array.shape[0]} images (shape {tuple(array.shape)}); name each "
+                        f"row's item with data.index_column")
+    layout = channels_first(array, name)  # a view of the memory map: nothing is read yet
+    _, h, w = layout.shape
+    if tile is not None:
+        return np.array(_crop(layout, tile, name))
+    if h * w > options.max_pixels:
+        raise too_large(name, f"{w} x {h} = {h * w:,} pixels", options.max_pixels)
+    check_fits_memory(name, tuple(layout.shape), layout.dtype)
+    return np.array(layout)
 
 
-def _channels_first(array: np.ndarray, path: Path) -> np.ndarray:
-    """Apply the module's layout rule: 2-D -> ``[1, H, W]``; 3-D -> channel axis first."""
-    if array.ndim == 2:
-        return array[None]
-    if array.ndim != 3:
-        raise UserError(
-            f"image {path} has {array.ndim}-D data of shape {tuple(array.shape)}; only 2-D images "
-            f"[H, W] and 3-D [C, H, W] or [H, W, C] are supported — save one 2-D field of view per file"
-        )
-    a, b, c = array.shape
-    if a <= MAX_CHANNELS and a < b and a < c:
-        return array
-    if c <= MAX_CHANNELS and c < a and c < b:
-        return np.moveaxis(array, -1, 0)
-    raise UserError(
-        f"image {path} has shape {tuple(array.shape)} and its channel axis cannot be told apart: the "
-        f"channel axis must be the first or last axis, at most {MAX_CHANNELS} long and shorter than "
-        f"both image axes — save it as [C, H, W]"
-    )
+# ------------------------------------------------------------------------------------ values, no-data
 
 
-def _to_float(array: np.ndarray, path: Path) -> torch.Tensor:
-    """Scale by dtype (module docstring) and convert to a contiguous float32 tensor."""
+def to_float(array: np.ndarray, name: str | Path, options: ReadOptions = DEFAULT_READ) -> torch.Tensor:
+    """Scale by dtype (module docstring), apply the no-data policy, return a contiguous float32 tensor."""
     dtype = array.dtype
+    nodata = _nodata_mask(array, options)
     if dtype == np.bool_:
         out = array.astype(np.float32)
     elif np.issubdtype(dtype, np.integer):
@@ -234,5 +279,39 @@ def _to_float(array: np.ndarray, path: Path) -> torch.Tensor:
     elif np.issubdtype(dtype, np.floating):
         out = array.astype(np.float32)
     else:
-        raise UserError(f"image {path} has unsupported pixel type {dtype}; save integer or float pixels")
+        raise UserError(f"image {name} has unsupported pixel type {dtype}; save integer or float pixels")
+    if nodata is not None:
+        out = _fill_nodata(out, nodata, name, options)
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def _nodata_mask(array: np.ndarray, options: ReadOptions) -> np.ndarray | None:
+    """Where the raw pixels mean "no data" (NaN; and ``nodata_value``), or None when there are none."""
+    mask = np.isnan(array) if np.issubdtype(array.dtype, np.floating) else None
+    if options.nodata_value is not None:
+        equal = array == np.asarray(options.nodata_value).astype(array.dtype) \
+            if np.issubdtype(array.dtype, np.integer) and float(options.nodata_value).is_integer() \
+            else array == options.nodata_value
+        mask = equal if mask is None else mask | equal
+    return mask if mask is not None and mask.any() else None
+
+
+def _fill_nodata(out: np.ndarray, mask: np.ndarray, name: str | Path, options: ReadOptions) -> np.ndarray:
+    if options.nodata == "error":
+        what = "NaN" if options.nodata_value is None else f"NaN or {options.nodata_value:g}"
+        channels = [int(c) for c in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))]
+        raise UserError(
+            f"image {name} has {int(mask.sum()):,} no-data pixels ({what}) in channel(s) {channels}; set "
+            f"data.read.nodata to fill or mean (and data.read.fill_value), or remove its row"
+        )
+    out = out.copy() if not out.flags.writeable else out
+    for c in range(out.shape[0]):
+        hole = mask[c]
+        if not hole.any():
+            continue
+        if options.nodata == "mean" and not hole.all():
+            value = float(out[c][~hole].mean())
+        else:
+            value = options.fill_value
+        out[c][hole] = value
+    return out

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metadino.data.images import IMAGE_SUFFIXES, MAX_CHANNELS, load_image
+from metadino.data.images import IMAGE_SUFFIXES, load_image
+from metadino.data.layout import MAX_CHANNELS
 from metadino.data.seeding import draw_int, draw_uniform
 from metadino.data.table import MetadataTable, _list, _rows, _suggest
 from metadino.data.values import is_missing

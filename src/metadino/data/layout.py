@@ -1,0 +1,60 @@
+"""The shape rules every reader shares: the channel axis of a 3-D array, and the pixel limit's refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from metadino.errors import UserError
+
+MAX_CHANNELS = 64  # a 3-D array's channel axis must be at most this long (see channels_first)
+
+
+def channels_first(array: np.ndarray, path: Path | str) -> np.ndarray:
+    """2-D -> ``[1, H, W]``; 3-D -> channel axis first.
+
+    The channel axis of a 3-D array is the **first or last** axis whose length is ``<= 64`` **and strictly smaller
+    than both other axes**: ``[4, 512, 512]`` is channel-first, ``[512, 512, 4]`` channel-last. Arrays where no
+    axis qualifies (``[64, 64, 64]``, ``[100, 512, 512]``) are refused as ambiguous or volumetric.
+    """
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim != 3:
+        raise UserError(
+            f"image {path} has {array.ndim}-D data of shape {tuple(array.shape)}; only 2-D images "
+            f"[H, W] and 3-D [C, H, W] or [H, W, C] are supported — save one 2-D field of view per file"
+        )
+    a, b, c = array.shape
+    if a <= MAX_CHANNELS and a < b and a < c:
+        return array
+    if c <= MAX_CHANNELS and c < a and c < b:
+        return np.moveaxis(array, -1, 0)
+    raise UserError(
+        f"image {path} has shape {tuple(array.shape)} and its channel axis cannot be told apart: the "
+        f"channel axis must be the first or last axis, at most {MAX_CHANNELS} long and shorter than "
+        f"both image axes — save it as [C, H, W]"
+    )
+
+
+def too_large(path: Path | str, size: str, limit: int) -> UserError:
+    """The refusal of an image above the pixel limit (``size`` says how large it is)."""
+    return UserError(
+        f"image {path} is larger than the pixel limit: {size}, more than {limit:,}; if the scene is genuine, "
+        f"raise data.read.max_pixels, read a lower resolution level (data.read.level) or cut it into tiles"
+    )
+
+
+def check_fits_memory(path: Path | str, shape: tuple[int, ...], dtype: np.dtype | type) -> None:
+    """Refuse a read whose decoded array and its float32 copy would not fit in the memory available now."""
+    import psutil
+
+    n = int(np.prod(shape, dtype=np.int64))
+    need = n * (np.dtype(dtype).itemsize + 4)
+    available = int(psutil.virtual_memory().available)
+    if need > available:
+        raise UserError(
+            f"image {path} ({' x '.join(str(s) for s in shape)} {np.dtype(dtype).name}) needs about "
+            f"{need / 2**30:.1f} GiB to decode but {available / 2**30:.1f} GiB of memory is free; read a lower "
+            f"resolution level (data.read.level), or cut the scene into tiles (data.tiles)"
+        )
