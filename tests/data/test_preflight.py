@@ -6,6 +6,8 @@ import csv
 import os
 import typing
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from metadino.config.schema import DataConfig
-from metadino.data import images
+from metadino.data import sources
 from metadino.data.preflight import BAD_IMAGE_POLICIES, cache_root, check_images, write_skipped_rows
 from metadino.data.table import load_table
 from metadino.errors import UserError
@@ -36,13 +38,13 @@ def _truncate(path):
 
 def _count_decodes(monkeypatch) -> list:
     calls: list = []
-    real = images.load_image
+    real = sources.load_image
 
-    def counting(path):
-        calls.append(path)
-        return real(path)
+    def counting(path, *args, **kwargs):
+        calls.append(Path(path))
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(images, "load_image", counting)
+    monkeypatch.setattr(sources, "load_image", counting)
     return calls
 
 
@@ -52,12 +54,15 @@ def test_every_kind_of_bad_image_is_reported_at_once_with_its_row(tmp_path):
     _truncate(imgs / "1.png")  # row 2
     (imgs / "4.png").write_bytes(b"")  # row 5: zero bytes
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(imgs / "7.png")  # row 8: one channel, in_chans=3
-    # row 11: a NaN pixel in a .npy (the table names the .npy instead of the PNG)
-    nan = np.random.default_rng(0).random((3, 40, 40)).astype(np.float32)
+    # row 11: inf pixels in a .npy (the table names the .npy instead of the PNG); row 14: a NaN (no-data) pixel
+    inf = np.random.default_rng(0).random((3, 40, 40)).astype(np.float32)
+    inf[2, 0, 0] = inf[1, 5, 5] = np.inf
+    np.save(imgs / "10.npy", inf)
+    nan = np.random.default_rng(1).random((3, 40, 40)).astype(np.float32)
     nan[1, 3, 4] = np.nan
-    nan[2, 0, 0] = np.inf
-    np.save(imgs / "10.npy", nan)
+    np.save(imgs / "13.npy", nan)
     text = (tmp_path / "d" / "meta.csv").read_text().replace("imgs/10.png", "imgs/10.npy")
+    text = text.replace("imgs/13.png", "imgs/13.npy")
     (tmp_path / "d" / "meta.csv").write_text(text)
     table = load_table(tmp_path / "d" / "meta.csv", image_column="path")
 
@@ -65,13 +70,14 @@ def test_every_kind_of_bad_image_is_reported_at_once_with_its_row(tmp_path):
         check_images(table, in_chans=3, progress=False)
     msg = str(info.value)
     first = msg.splitlines()[0]
-    assert "meta.csv: 4 of 16 selected images" in first and "model.in_chans=3" in first
+    assert "meta.csv: 5 of 16 selected images" in first and "model.in_chans=3" in first
     lines = {int(line.split(" row ")[1].split(":")[0]): line for line in msg.splitlines() if " row " in line}
-    assert sorted(lines) == [2, 5, 8, 11]
+    assert sorted(lines) == [2, 5, 8, 11, 14]
     assert "cannot decode" in lines[2] and str(imgs / "1.png") in lines[2]
     assert "cannot decode" in lines[5] and str(imgs / "4.png") in lines[5]
     assert "1 channel(s) but model.in_chans=3" in lines[8]
     assert "2 non-finite pixel value(s)" in lines[11] and str(imgs / "10.npy") in lines[11]
+    assert f"image '{imgs / '13.npy'}' has 1 no-data pixels (NaN) in channel(s) [1]" in lines[14]
     assert "data.bad_images: skip" in msg.splitlines()[-1]
 
 
@@ -133,7 +139,7 @@ def test_same_size_rewrite_with_new_mtime_is_rechecked(tmp_path, monkeypatch):
     assert target.stat().st_size == before.st_size
     os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
     calls = _count_decodes(monkeypatch)
-    with pytest.raises(UserError, match="meta.csv row 2: .*non-finite"):
+    with pytest.raises(UserError, match="meta.csv row 2: .*no-data pixels \\(NaN\\)"):
         check_images(table, in_chans=4, progress=False)
     assert calls == [target]
 

@@ -41,7 +41,7 @@ from metadino.data.layout import MAX_CHANNELS, channels_first, check_fits_memory
 from metadino.data.reading import DEFAULT_READ, ReadOptions, Tile
 from metadino.errors import UserError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_CHANNELS", "is_url", "load_image", "load_image_bytes", "to_float"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_CHANNELS", "is_url", "load_image", "load_image_bytes", "read_image_size", "to_float"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (
     ".png", ".jpg", ".jpeg", ".jp2", ".j2k", ".tif", ".tiff", ".dcm", ".dicom", ".npy", ".zarr",
@@ -183,6 +183,45 @@ def _crop(array: np.ndarray, tile: Tile | None, name: str | Path) -> np.ndarray:
         raise UserError(f"image {name}: tile x={tile.x}, y={tile.y}, {tile.width}x{tile.height} lies outside the "
                         f"image of width {w} and height {h}")
     return array[:, tile.y:tile.y + tile.height, tile.x:tile.x + tile.width]
+
+
+def read_image_size(path: Path, options: ReadOptions = DEFAULT_READ) -> tuple[int, int] | None:
+    """(H, W) of an image file from its header, with the layout rule of :func:`metadino.data.layout.channels_first`.
+
+    Returns None when the layout is not a 2-D image (decoding reports that). Raises whatever the decoder
+    raises for unreadable files.
+    """
+    suffix = path.suffix.lower()
+    if suffix in _PIL_SUFFIXES:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            width, height = img.size
+        return int(height), int(width)
+    if suffix in _TIFF_SUFFIXES:
+        from metadino.data.tiff import tiff_size
+
+        return tiff_size(path, options)
+    if suffix == ".zarr":
+        from metadino.data.ngff import ngff_size
+
+        return ngff_size(path, options)
+    if suffix == ".npy":
+        shape = tuple(int(s) for s in np.load(path, mmap_mode="r", allow_pickle=False).shape)
+    else:
+        return None
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    if len(shape) == 3:
+        a, b, c = shape
+        if a <= MAX_CHANNELS and a < b and a < c:
+            return b, c
+        if c <= MAX_CHANNELS and c < a and c < b:
+            return a, b
+    return None
+
+
+# --------------------------------------------------------------------------------------------- reading
 
 
 # --------------------------------------------------------------------------------------------- Pillow

@@ -1,6 +1,6 @@
 """Check every selected image once before training: bad files surface at step 0, all of them at once.
 
-:func:`check_images` decodes each row's image (:func:`metadino.data.images.load_image`) in a thread pool over the
+:func:`check_images` decodes each row's image (:meth:`metadino.data.sources.ImageSource.load`) in a thread pool over the
 available cores and checks that it decodes, has ``in_chans`` channels and only finite pixels; it records each
 image's height and width for the size warning. A bad row is reported with its table file, its "row N" (as
 :func:`metadino.data.dataset.load_checked_image` names it), its image path and the reason.
@@ -9,8 +9,8 @@ Policy (``data.bad_images``): ``strict`` stops with one :class:`~metadino.errors
 ``skip`` drops them from the table (listed in ``skipped_rows.csv`` by :func:`write_skipped_rows`) unless they are more
 than ``max_bad_fraction`` of the rows.
 
-The result per file is cached by file identity (resolved path, size, mtime_ns) in one small JSON file per table
-under :func:`cache_root` ``/preflight``, so a resume or a second run decodes only new or changed files. A cache that
+The result per row is cached by image identity (its files with their size, mtime and ctime, its item and tile) in
+one small JSON file per table and reading options under :func:`cache_root` ``/preflight``, so a resume or a second run decodes only new or changed files. A cache that
 cannot be read or written is ignored: it never fails a run.
 """
 
@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from metadino import __version__
-from metadino.data import images
+from metadino.data.reading import DEFAULT_READ, ReadOptions
+from metadino.data.sources import ImageSource
 from metadino.data.table import MetadataTable
 from metadino.errors import UserError
 from metadino.files import atomic_write_text, cache_root
@@ -42,7 +43,7 @@ __all__ = ["BAD_IMAGE_POLICIES", "SKIPPED_ROWS_FILE", "BadRow", "Preflight", "av
 BAD_IMAGE_POLICIES: tuple[str, ...] = ("strict", "skip")
 SKIPPED_ROWS_FILE = "skipped_rows.csv"
 SHOW_BAD_ROWS = 10  # bad rows listed in a message; the rest are counted
-_CACHE_FORMAT = 1  # bump when the cached fields or their meaning change
+_CACHE_FORMAT = 2  # bump when the cached fields or their meaning change
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ def check_images(
     workers: int | None = None,
     progress: bool | None = None,
     cache: bool = True,
+    options: ReadOptions = DEFAULT_READ,
 ) -> Preflight:
     """Decode every row's image once and apply the bad-image policy (module docstring).
 
@@ -97,7 +99,8 @@ def check_images(
         batch_size: ``train.batch_size``: larger than the table gets a warning.
         workers: decoding threads; None: the cores this process may use.
         progress: tqdm bar on stderr; None: only on a terminal, and only when the check takes over a second.
-        cache: read and update the per-file cache under :func:`cache_root`.
+        cache: read and update the per-image cache under :func:`cache_root`.
+        options: how files are decoded (``data.read``).
 
     Raises:
         UserError: with ``strict``, any bad row; with ``skip``, more than `max_bad_fraction` of the rows bad, or
@@ -105,15 +108,15 @@ def check_images(
     """
     if policy not in BAD_IMAGE_POLICIES:
         raise ValueError(f"unknown bad-image policy {policy!r}; expected one of {BAD_IMAGE_POLICIES}")
-    cache_file = _cache_file(table) if cache else None
+    cache_file = _cache_file(table, options) if cache else None
     known = _read_cache(cache_file)
-    results, fresh = _check_all(table.paths, known, workers, progress)
+    results, fresh = _check_all(table.images, options, known, workers, progress)
     if cache_file is not None and fresh:
         _write_cache(cache_file, {**known, **fresh})
 
     bad: list[BadRow] = []
     sizes: list[tuple[int, int]] = []
-    for i, (path, info) in enumerate(zip(table.paths, results)):
+    for i, (path, info) in enumerate(zip(table.paths, results, strict=True)):
         reason = _reason(info, in_chans)
         if reason is None:
             sizes.append((int(info["height"]), int(info["width"])))
@@ -145,22 +148,23 @@ def write_skipped_rows(path: Path, bad: Sequence[BadRow]) -> Path:
 # ------------------------------------------------------------------------------------------ checking
 
 
-def _check_all(paths: Sequence[Path], known: dict[str, dict[str, Any]], workers: int | None,
+def _check_all(source: ImageSource, options: ReadOptions, known: dict[str, dict[str, Any]], workers: int | None,
                progress: bool | None) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Per path, its check result (from `known` when the file's identity matches); and the newly checked entries
-    by resolved path."""
+    """Per row, its check result (from `known` when the image's identity matches); and the newly checked entries
+    by image key."""
     from tqdm import tqdm
 
-    results: list[dict[str, Any]] = [{} for _ in paths]
+    n = len(source)
+    results: list[dict[str, Any]] = [{} for _ in range(n)]
     fresh: dict[str, dict[str, Any]] = {}
-    n_workers = max(1, min(workers or available_cores(), len(paths)))
+    n_workers = max(1, min(workers or available_cores(), n))
     # Chunks of rows per task: a million rows are a few thousand futures, and cached rows cost no thread hand-off.
-    chunk = max(1, min(64, len(paths) // (4 * n_workers)))
-    starts = range(0, len(paths), chunk)
+    chunk = max(1, min(64, n // (4 * n_workers)))
+    starts = range(0, n, chunk)
     with ThreadPoolExecutor(max_workers=n_workers) as pool, \
-            tqdm(total=len(paths), desc="checking images", unit="img", file=sys.stderr, delay=1.0,
+            tqdm(total=n, desc="checking images", unit="img", file=sys.stderr, delay=1.0,
                  disable=None if progress is None else not progress, dynamic_ncols=True) as bar:
-        futures = {pool.submit(_check_chunk, paths[s:s + chunk], known): s for s in starts}
+        futures = {pool.submit(_check_chunk, source, range(s, min(s + chunk, n)), options, known): s for s in starts}
         for future in as_completed(futures):
             done = future.result()
             for offset, (key, info, decoded) in enumerate(done):
@@ -171,32 +175,32 @@ def _check_all(paths: Sequence[Path], known: dict[str, dict[str, Any]], workers:
     return results, fresh
 
 
-def _check_chunk(paths: Sequence[Path], known: dict[str, dict[str, Any]]) -> list[tuple[str | None, dict[str, Any], bool]]:
-    return [_check_one(path, known) for path in paths]
+def _check_chunk(source: ImageSource, rows: range, options: ReadOptions,
+                 known: dict[str, dict[str, Any]]) -> list[tuple[str | None, dict[str, Any], bool]]:
+    return [_check_one(source, i, options, known) for i in rows]
 
 
-def _check_one(path: Path, known: dict[str, dict[str, Any]]) -> tuple[str | None, dict[str, Any], bool]:
-    """(cache key, result, whether the file was decoded). The result holds the file's identity and either
+def _check_one(source: ImageSource, i: int, options: ReadOptions,
+               known: dict[str, dict[str, Any]]) -> tuple[str | None, dict[str, Any], bool]:
+    """(cache key, result, whether the image was decoded). The result holds the image's identity and either
     ``error`` or ``channels``/``height``/``width``/``nonfinite``."""
-    try:
-        resolved = path.resolve()
-        stat = resolved.stat()
-    except OSError as err:
-        return None, {"error": f"cannot read the image file: {err.strerror or err}"}, False
-    key = str(resolved)
-    # ctime too: a chmod (an image that could not be read) changes it, size and mtime stay
-    identity = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
+    stat = source.stat_key(i)
+    if stat is None:
+        missing = next((f for f in source.files_of(i) if not os.path.exists(f)), source.name(i))
+        return None, {"error": f"cannot read the image file {missing}: it does not exist or cannot be read"}, False
+    # size, mtime and ctime: a chmod (an image that could not be read) changes ctime, size and mtime stay
+    key, identity = stat
     cached = known.get(key)
-    if cached is not None and all(cached.get(k) == v for k, v in identity.items()):
+    if cached is not None and cached.get("identity") == identity and not key.startswith("bytes:"):
         return key, cached, False
     try:
-        image = images.load_image(path)
+        image = source.load(i, options)
     except UserError as e:
-        return key, {**identity, "error": _without_path(str(e), path)}, True
+        return key, {"identity": identity, "error": _without_path(str(e), source.name(i))}, True
     pixels = image.numpy()
     finite = np.isfinite(pixels)
     nonfinite = 0 if finite.all() else int(finite.size - np.count_nonzero(finite))
-    return key, {**identity, "channels": int(pixels.shape[0]), "height": int(pixels.shape[1]),
+    return key, {"identity": identity, "channels": int(pixels.shape[0]), "height": int(pixels.shape[1]),
                  "width": int(pixels.shape[2]), "nonfinite": nonfinite}, True
 
 
@@ -210,9 +214,9 @@ def _reason(info: dict[str, Any], in_chans: int) -> str | None:
     return None
 
 
-def _without_path(message: str, path: Path) -> str:
+def _without_path(message: str, name: str) -> str:
     """A decoder message without the path it names (the listing shows the path once)."""
-    return message.replace(f" {path}", "")
+    return message.replace(f"image {name} ", "", 1).replace(f" {name}", "")
 
 
 def available_cores() -> int:
@@ -280,8 +284,8 @@ def _warnings(table: MetadataTable, sizes: Sequence[tuple[int, int]], global_siz
 # ------------------------------------------------------------------------------------------- cache
 
 
-def _cache_file(table: MetadataTable) -> Path:
-    digest = hashlib.sha256(str(table.source.resolve()).encode()).hexdigest()[:16]
+def _cache_file(table: MetadataTable, options: ReadOptions) -> Path:
+    digest = hashlib.sha256(f"{table.source.resolve()}\0{options}".encode()).hexdigest()[:16]
     return cache_root() / "preflight" / f"{digest}.json"
 
 

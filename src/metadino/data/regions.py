@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metadino.data.images import IMAGE_SUFFIXES, load_image
-from metadino.data.layout import MAX_CHANNELS
+from metadino.data.images import IMAGE_SUFFIXES, load_image, read_image_size
 from metadino.data.seeding import draw_int, draw_uniform
-from metadino.data.table import MetadataTable, _list, _rows, _suggest
+from metadino.data.sources import rows_text as _rows
+from metadino.data.table import MetadataTable, _list, _suggest
 from metadino.data.values import is_missing
 from metadino.errors import UserError
 
@@ -253,42 +253,6 @@ def load_regions(
     if check_sizes:
         regions.check_sizes()
     return regions
-
-
-def read_image_size(path: Path) -> tuple[int, int] | None:
-    """(H, W) of an image file from its header, with the layout rule of :mod:`metadino.data.images`.
-
-    Returns None when the layout is not a 2-D image (decoding reports that). Raises whatever the decoder
-    raises for unreadable files.
-    """
-    suffix = path.suffix.lower()
-    if suffix in (".png", ".jpg", ".jpeg"):
-        from PIL import Image
-
-        with Image.open(path) as img:
-            width, height = img.size
-        return int(height), int(width)
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            shape = tuple(int(s) for s in tif.series[0].shape)
-    elif suffix == ".npy":
-        shape = tuple(int(s) for s in np.load(path, mmap_mode="r", allow_pickle=False).shape)
-    else:
-        return None
-    if len(shape) == 2:
-        return shape[0], shape[1]
-    if len(shape) == 3:
-        a, b, c = shape
-        if a <= MAX_CHANNELS and a < b and a < c:
-            return b, c
-        if c <= MAX_CHANNELS and c < a and c < b:
-            return a, b
-    return None
-
-
-# --------------------------------------------------------------------------------------------- reading
 
 
 def _to_float(value: object) -> float | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from metadino.data.images import IMAGE_SUFFIXES
-from metadino.data.values import category_label, is_missing, known_mask, multilabel_separator
+from metadino.data.sources import ImageLayout, ImageSource, build_source, check_files_exist
+from metadino.data.sources import rows_text as _rows
+from metadino.data.values import category_label, known_mask, multilabel_separator
 from metadino.errors import UserError
 
 TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".txt", ".tab", ".parquet", ".pq")
@@ -39,34 +41,44 @@ class MetadataTable:
 
     Attributes:
         source: the table file (absolute).
-        frame: the selected rows, index reset to ``0..n-1``, all original columns, missing values kept.
-        paths: resolved absolute image path per selected row.
+        frame: the selected rows, index reset to ``0..n-1``, all original columns (a column of image bytes holds
+            only their names), missing values kept.
+        images: each selected row's image reference (:class:`~metadino.data.sources.ImageSource`; Arrow/numpy
+            arrays that forked loader workers share).
         row_numbers: each selected row's "row N" in the user's file (module docstring).
-        image_column: the column that holds the image paths.
+        image_column: the column that holds the image paths (the layout's, also when a template names the files).
+        layout: how the table names its images.
     """
 
     source: Path
     frame: pd.DataFrame
-    paths: list[Path]
+    images: ImageSource
     row_numbers: list[int]
     image_column: str
+    layout: ImageLayout = ImageLayout()
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
+
+    @property
+    def paths(self) -> Sequence[Path]:
+        """Each row's image file (its first channel file; for bytes held in the table, the name they carry)."""
+        return _Paths(self.images)
 
     def subset(self, indices: Sequence[int]) -> MetadataTable:
         """The rows at `indices` (positions ``0..n-1`` of this selection, kept in the given order); each keeps its
-        "row N" and path, so messages and :meth:`fingerprint` follow the rows that remain."""
+        "row N" and image, so messages and :meth:`fingerprint` follow the rows that remain."""
         idx = [int(i) for i in indices]
         frame = self.frame.iloc[idx].reset_index(drop=True)
-        return MetadataTable(source=self.source, frame=frame, paths=[self.paths[i] for i in idx],
-                             row_numbers=[self.row_numbers[i] for i in idx], image_column=self.image_column)
+        return MetadataTable(source=self.source, frame=frame, images=self.images.take(idx),
+                             row_numbers=[self.row_numbers[i] for i in idx], image_column=self.image_column,
+                             layout=self.layout)
 
     def fingerprint(self) -> str:
         """Short sha256 over the selection's content, for run provenance (resume) and the feature cache.
 
         It covers the column names and dtypes, every cell of the selected rows (pandas' vectorised hash, about a
-        second per million rows), their "row N" numbers and image paths. Not the file's mtime or size: a table
+        second per million rows), their "row N" numbers, image paths and any image bytes held in the table. Not the file's mtime or size: a table
         rewritten with identical content keeps its fingerprint; any changed cell, column or selection changes it.
         """
         h = hashlib.sha256()
@@ -81,8 +93,10 @@ class MetadataTable:
                 hashed = pd.util.hash_pandas_object(series.map(repr), index=False)
             h.update(hashed.to_numpy().tobytes())
         h.update(b"\1" + np.asarray(self.row_numbers, dtype=np.int64).tobytes())
-        for path in self.paths:
-            h.update(str(path).encode() + b"\0")
+        for files in self.images.files:  # one file per row: the digest runs saved before channel files recorded
+            for text in files.to_pylist():
+                h.update(str(text).encode() + b"\0")
+        self.images.bytes_digest(h)
         return h.hexdigest()[:16]
 
     def legacy_fingerprint(self) -> str:
@@ -105,43 +119,48 @@ class MetadataTable:
 def load_table(
     path: str | Path,
     *,
-    image_column: str,
+    image_column: str = "path",
     root: str | Path | None = None,
     rows: Mapping[str, Any] | None = None,
     required_columns: Sequence[str] = (),
     missing_values: Sequence[str] = DEFAULT_MISSING_VALUES,
     check_files: bool = True,
+    layout: ImageLayout | None = None,
 ) -> MetadataTable:
     """Read a metadata table, select rows and validate it before any compute.
 
     Args:
         path: ``.csv`` (comma), ``.tsv``/``.txt``/``.tab`` (tab) — optionally compressed, e.g. ``.csv.gz`` —
             or ``.parquet``/``.pq``.
-        image_column: column holding image paths.
+        image_column: column holding image paths (or, in Parquet, image bytes); ignored when `layout` is given.
         root: folder that relative image paths are resolved against; defaults to the table's folder.
         rows: filter ``{column: value or list of values}``; all filters must hold (AND). Values are
             compared as class names (:func:`metadino.data.values.category_label`: integer-valued numbers
             without ``.0``, text stripped), so ``{"split": "1"}`` matches an integer column.
         required_columns: columns that must exist (e.g. guide columns named in a config).
         missing_values: cell texts read as missing.
-        check_files: check that every selected image file exists.
+        check_files: check that every selected image file exists (in parallel threads).
+        layout: how the table names its images (one file, one file per channel, stack items, tiles); default: one
+            file per row in `image_column`.
 
     Raises:
         UserError: on any problem with the table, naming the file, column and rows.
     """
+    layout = layout if layout is not None else ImageLayout(image_column=image_column)
     source = Path(path).expanduser().absolute()
     name = source.name
-    frame = _read(source, missing_values)
+    frame, blobs, blob_names = _read(source, missing_values, layout.image_column)
     if len(frame) == 0:
         raise UserError(f"{name} has no data rows; add one row per image below the header")
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
-    if image_column not in frame.columns:
+    uses_image_column = layout.image_template is None and not layout.channel_columns
+    if uses_image_column and layout.image_column not in frame.columns:
         raise UserError(
-            f"{name} has no image column '{image_column}'{_suggest(image_column, columns)}; "
+            f"{name} has no image column '{layout.image_column}'{_suggest(layout.image_column, columns)}; "
             f"available columns: {_list(columns)}; pass the column that holds the image paths"
         )
-    for column in required_columns:
+    for column in [*required_columns, *layout.columns()]:
         if column not in frame.columns:
             raise UserError(
                 f"{name} has no column '{column}'{_suggest(column, columns)}; available columns: "
@@ -153,15 +172,22 @@ def load_table(
         keep = _apply_filters(frame, rows, name)
         frame = frame.loc[keep]
         row_numbers = row_numbers[keep]
+        if blobs is not None:
+            chosen = pa.array(np.flatnonzero(keep))
+            blobs = blobs.take(chosen)
+            blob_names = None if blob_names is None else blob_names.take(chosen)
     frame = frame.reset_index(drop=True)
     row_list = [int(r) for r in row_numbers]
 
     root_dir = source.parent if root is None else Path(root).expanduser().absolute()
     if root is not None and not root_dir.is_dir():
         raise UserError(f"image root folder {root_dir} (given for {name}) does not exist; pass an existing folder")
-    paths = _resolve_paths(frame[image_column], row_list, root_dir, name, image_column)
-    _check_paths(paths, row_list, name, image_column, check_files)
-    return MetadataTable(source=source, frame=frame, paths=paths, row_numbers=row_list, image_column=image_column)
+    images = build_source(frame, layout, root=root_dir, name=name, row_numbers=row_list, blobs=blobs,
+                          blob_names=blob_names)
+    if check_files:
+        check_files_exist(images, name, row_list, layout)
+    return MetadataTable(source=source, frame=frame, images=images, row_numbers=row_list,
+                         image_column=layout.image_column, layout=layout)
 
 
 def infer_column_kind(series: pd.Series) -> str:
@@ -202,7 +228,10 @@ def infer_column_kind(series: pd.Series) -> str:
 # ----------------------------------------------------------------------------------------- reading
 
 
-def _read(source: Path, missing_values: Sequence[str]) -> pd.DataFrame:
+def _read(source: Path, missing_values: Sequence[str],
+          image_column: str) -> tuple[pd.DataFrame, pa.Array | None, pa.Array | None]:
+    """The table as a DataFrame; for a Parquet image column of bytes, also the bytes and their names as Arrow
+    arrays (the frame's column then holds only the names, so the images are never Python objects)."""
     name = source.name
     suffixes = [s.lower() for s in source.suffixes]
     if suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
@@ -217,14 +246,11 @@ def _read(source: Path, missing_values: Sequence[str]) -> pd.DataFrame:
     missing = list(missing_values)
     try:
         if suffix in (".parquet", ".pq"):
-            import pyarrow.parquet as pq
-
-            _check_unique_columns(list(pq.read_schema(source).names), name, "schema")
-            frame = pd.read_parquet(source)
-            return _blank_missing_tokens(frame, missing)
+            return _read_parquet(source, missing, image_column)
         sep = "," if suffix == ".csv" else "\t"
         _check_unique_columns(_header(source, sep), name, "header")
-        return pd.read_csv(source, sep=sep, keep_default_na=False, na_values=missing, skipinitialspace=False)
+        frame = pd.read_csv(source, sep=sep, keep_default_na=False, na_values=missing, skipinitialspace=False)
+        return frame, None, None
     except UserError:
         raise
     except pd.errors.EmptyDataError as err:
@@ -236,6 +262,36 @@ def _read(source: Path, missing_values: Sequence[str]) -> pd.DataFrame:
         ) from err
     except Exception as err:  # pyarrow raises its own error types for corrupt files
         raise UserError(f"cannot read table {name}: {type(err).__name__}: {err}; check the file") from err
+
+
+def _read_parquet(source: Path, missing: list[str],
+                  image_column: str) -> tuple[pd.DataFrame, pa.Array | None, pa.Array | None]:
+    import pyarrow.parquet as pq
+
+    name = source.name
+    _check_unique_columns(list(pq.read_schema(source).names), name, "schema")
+    table = pq.read_table(source)
+    blobs = names = None
+    if image_column in table.column_names:
+        column = table.column(image_column).combine_chunks()
+        kind = column.type
+        if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:  # Hugging Face datasets' Image
+            blobs = column.field("bytes")
+            names = column.field("path") if kind.get_field_index("path") >= 0 else None
+        elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            blobs = column
+        if blobs is not None:
+            if blobs.null_count:
+                empty = [int(i) + 1 for i in np.flatnonzero(blobs.is_null().to_numpy(zero_copy_only=False))]
+                raise UserError(f"{name}: image column '{image_column}' has no image bytes in {_rows(empty)}; fill "
+                                "them in or remove those rows")
+            shown = names if names is not None else pa.array([f"row {i + 1}" for i in range(len(blobs))])
+            table = table.set_column(table.column_names.index(image_column), image_column,
+                                     pc.fill_null(shown.cast(pa.large_string()), ""))
+            blobs = blobs.cast(pa.large_binary())
+            names = shown.cast(pa.large_string())
+    frame = table.to_pandas()
+    return _blank_missing_tokens(frame, missing), blobs, names
 
 
 def _header(source: Path, sep: str) -> list[str]:
@@ -324,74 +380,7 @@ def _show_wanted(wanted: Any) -> str:
     return str(wanted)
 
 
-# ------------------------------------------------------------------------------------------- paths
-
-
-def _resolve_paths(
-    cells: pd.Series, row_numbers: list[int], root: Path, name: str, column: str
-) -> list[Path]:
-    empty: list[int] = []
-    paths: list[Path] = []
-    for cell, row in zip(cells.tolist(), row_numbers):
-        text = "" if is_missing(cell) else str(cell).strip()
-        if not text:
-            empty.append(row)
-            paths.append(Path())
-            continue
-        p = Path(text).expanduser()
-        # normpath, not resolve(): keeps the user's symlinks and costs no file-system calls.
-        paths.append(Path(os.path.normpath(p if p.is_absolute() else root / p)))
-    if empty:
-        raise UserError(
-            f"{name}: column '{column}' is empty in {_rows(empty)}; fill in the image path or remove those rows"
-        )
-    return paths
-
-
-def _check_paths(paths: list[Path], row_numbers: list[int], name: str, column: str, check_files: bool) -> None:
-    bad_suffix = [r for p, r in zip(paths, row_numbers) if p.suffix.lower() not in IMAGE_SUFFIXES]
-    if bad_suffix:
-        example = paths[row_numbers.index(bad_suffix[0])].name
-        raise UserError(
-            f"{name}: column '{column}' names files with an unsupported image type in {_rows(bad_suffix)} "
-            f"(e.g. '{example}'); supported: {', '.join(IMAGE_SUFFIXES)} — convert the images or fix the paths"
-        )
-    first_row: dict[Path, int] = {}
-    duplicates: list[tuple[int, int, Path]] = []
-    for p, r in zip(paths, row_numbers):
-        if p in first_row:
-            duplicates.append((first_row[p], r, p))
-        else:
-            first_row[p] = r
-    if duplicates:
-        a, b, p = duplicates[0]
-        dup_rows = sorted({r for d in duplicates for r in d[:2]})
-        raise UserError(
-            f"{name}: column '{column}' repeats image paths in {_rows(dup_rows)} (e.g. row {a} and row {b} "
-            f"both point to {p}); keep one row per image"
-        )
-    if check_files:
-        missing = [r for p, r in zip(paths, row_numbers) if not os.path.isfile(p)]
-        if missing:
-            missing_path = paths[row_numbers.index(missing[0])]
-            raise UserError(
-                f"{name}: image files named in column '{column}' do not exist in {_rows(missing)} "
-                f"(e.g. {missing_path}); fix the paths, pass the right root folder, or remove those rows"
-            )
-
-
 # ------------------------------------------------------------------------------------------ wording
-
-
-def _rows(numbers: Sequence[int]) -> str:
-    """'row 4' / 'rows 3, 7, 9, 12, 15 and 4 more (9 rows)' (row numbering in the module docstring)."""
-    numbers = sorted(numbers)
-    if len(numbers) == 1:
-        return f"row {numbers[0]}"
-    shown = ", ".join(str(n) for n in numbers[:_SHOW_ROWS])
-    if len(numbers) <= _SHOW_ROWS:
-        return f"rows {shown} ({len(numbers)} rows)"
-    return f"rows {shown} and {len(numbers) - _SHOW_ROWS} more ({len(numbers)} rows)"
 
 
 def _list(items: Sequence[str], limit: int = 30) -> str:
@@ -405,3 +394,25 @@ def _suggest(name: str, choices: Sequence[str]) -> str:
         return f" (did you mean '{lowered[name.lower().strip()]}'?)"
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class _Paths(Sequence[Path]):
+    """A read-only view: row i -> its image file as a Path (made on access, none kept)."""
+
+    def __init__(self, images: ImageSource):
+        self._images = images
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if self._images.blobs is not None:
+            return Path(self._images.name(int(i)))
+        return Path(self._images.files[0][int(i)].as_py())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-sequence semantics: compared by value, not hashable

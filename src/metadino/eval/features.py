@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from metadino.data.dataset import EvalDataset
+from metadino.data.sources import ImageSource
 from metadino.data.table import MetadataTable
 from metadino.errors import UserError
 from metadino.files import atomic_write, cache_root
@@ -70,16 +70,13 @@ def weights_digest(backbone: Backbone) -> str:
     return h.hexdigest()
 
 
-def images_digest(paths: list[Path]) -> str:
-    """sha256 over each image file's path, size and mtime_ns (a file that cannot be stat'ed counts as missing)."""
+def images_digest(images: ImageSource) -> str:
+    """sha256 over each row's image identity: its files (with size and mtime), item and tile (a file that cannot be
+    stat'ed counts as missing); bytes held in the table are covered by the table's fingerprint."""
     h = hashlib.sha256()
-    for path in paths:
-        try:
-            st = os.stat(path)
-            ident = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            ident = "missing"
-        h.update(f"{path}\0{ident}\1".encode())
+    for i in range(len(images)):
+        stat = images.stat_key(i)
+        h.update(f"{images.key(i)}\0{'missing' if stat is None else stat[1]}\1".encode())
     return h.hexdigest()
 
 
@@ -89,7 +86,7 @@ def cache_key(model_digest: str, table: MetadataTable, preprocessing: Preprocess
             "v": CACHE_VERSION,
             "model": model_digest,
             "rows": table.fingerprint(),
-            "images": images_digest(table.paths),
+            "images": images_digest(table.images),
             "n": len(table),
             "pre": preprocessing.to_dict(),
             "patch_blocks": patch_blocks,

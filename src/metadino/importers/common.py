@@ -294,14 +294,18 @@ def audit_imported(out: Path, imported: Imported) -> Any:
     """The table audit of :mod:`metadino.audit` on the written table (a fixed sample of at most
     :data:`AUDIT_MAX_ROWS` rows), with the dataset's label column(s) as labels. A label with one class in these rows
     is audited as an ordinary column rather than refused."""
+    import pyarrow as pa
+
     from metadino.audit import audit_table
+    from metadino.data.sources import ImageSource
     from metadino.data.table import MetadataTable
 
     frame = imported.frame
     if len(frame) > AUDIT_MAX_ROWS:
         frame = frame.sample(n=AUDIT_MAX_ROWS, random_state=0).sort_index()
     frame = frame.reset_index(drop=True)
-    table = MetadataTable(source=out.absolute(), frame=frame, paths=[Path()] * len(frame),
+    images = ImageSource(files=[pa.array([""] * len(frame), type=pa.large_string())])  # the audit reads no images
+    table = MetadataTable(source=out.absolute(), frame=frame, images=images,
                           row_numbers=list(range(1, len(frame) + 1)), image_column=imported.audit_image_column)
     labels = [c for c in imported.labels if c in frame.columns and frame[c].nunique(dropna=True) >= 2]
     return audit_table(table, labels=labels)
