@@ -117,3 +117,41 @@ def test_the_first_failing_section_is_reported():
         make(crops={"local_size": 64}, train={"steps": 0})
     with pytest.raises(UserError, match="'train.steps'"):
         make(train={"steps": 0}, adapt={"freeze_blocks": 2})
+
+
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        ({"image_template": "{Id}_{channel}.png"}, "data.channels"),  # {channel} without names
+        ({"image_template": "img.png"}, "data.image_template"),  # names no column
+        ({"image_template": "{Id}.png", "channel_columns": ["a"]}, "data.channel_columns"),
+        ({"channels": ["r", "g"]}, "data.channels"),  # 2 names for in_chans=3
+        ({"channels": ["r", "r", "g"]}, "data.channels"),
+        ({"channel_columns": []}, "data.channel_columns"),
+        ({"tile_columns": {"x": "x", "y": "y"}}, "data.tile_columns"),  # no size
+        ({"tile_columns": {"x": "x", "y": "y", "size": "s", "width": "w"}}, "data.tile_columns"),
+        ({"tile_columns": {"x": "x", "y": "y", "width": "w"}}, "data.tile_columns"),
+        ({"tile_columns": {"x": "x", "y": "y", "size": "s", "zoom": "z"}}, "data.tile_columns"),
+        ({"read": {"level": -1}}, "data.read.level"),
+        ({"read": {"z": -1}}, "data.read.z"),
+        ({"read": {"max_pixels": 0}}, "data.read.max_pixels"),
+        ({"read": {"nodata": "zero"}}, "data.read.nodata"),
+        ({"read": {"fill_value": float("nan")}}, "data.read.fill_value"),
+    ],
+)
+def test_image_layout_and_reading_keys_are_checked(data, key):
+    with pytest.raises(UserError, match=rf"^config key '{key.replace('.', chr(92) + '.')}'"):
+        make(data=data)
+
+
+def test_valid_layouts_pass():
+    make(data={"image_template": "{Id}_{channel}.png", "channels": ["red", "green", "blue", "yellow"]})
+    make(data={"channel_columns": ["a", "b", "c"], "index_column": "i", "read": {"nodata": "mean", "z": 2}})
+    make(data={"tile_columns": {"x": "x", "y": "y", "width": "w", "height": "h", "level": "l"}})
+
+
+def test_tile_keys_match_the_data_layer():
+    from metadino.config.validate import _TILE_KEYS
+    from metadino.data.sources import TILE_KEYS
+
+    assert _TILE_KEYS == TILE_KEYS

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import os
 import typing
-
 from pathlib import Path
 
 import numpy as np

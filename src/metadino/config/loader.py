@@ -47,6 +47,20 @@ NEUTRAL_NEW_KEYS: dict[str, Any] = {
     "train.max_skipped_steps": 10,
     "data.bad_images": "strict",
     "data.max_bad_fraction": 0.0,
+    "data.image_template": None,
+    "data.channels": None,
+    "data.channel_columns": None,
+    "data.index_column": None,
+    "data.tile_columns": {},
+    "data.read.series": 0,
+    "data.read.level": 0,
+    "data.read.z": None,
+    "data.read.t": None,
+    "data.read.max_pixels": 1_000_000_000,
+    "data.read.nodata": "error",
+    "data.read.nodata_value": None,
+    "data.read.fill_value": 0.0,
+    "data.read.voi_window": False,
 }
 
 _UNION_ORIGINS = (typing.Union, types.UnionType)

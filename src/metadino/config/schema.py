@@ -36,6 +36,35 @@ def section(cls: type, help: str | None = None, *, key: str | None = None) -> An
 
 
 @dataclass
+class ReadConfig:
+    """How image files are decoded (the same for every row)."""
+
+    series: int = opt(0, "TIFF series to read (an image of a multi-series OME-TIFF, or the subgroup of a bioformats2raw OME-Zarr).")
+    level: int = opt(0, "Resolution level: 0 = full resolution; n = the n-th sub-resolution of a TIFF pyramid or OME-Zarr multiscale.")
+    z: int | None = opt(None, "Z plane of files with a Z axis (OME-TIFF, OME-Zarr); null: a file with several planes is refused.")
+    t: int | None = opt(None, "Time point of files with a T axis; null: a file with several time points is refused.")
+    max_pixels: int = opt(
+        1_000_000_000,
+        "Largest height x width decoded (Pillow's own limit, ~89 Mpx, is too small for scenes and slides); a larger "
+        "image, or one that would not fit in free memory, is refused naming its size: use data.read.level or tiles.",
+    )
+    nodata: Literal["error", "fill", "mean"] = opt(
+        "error",
+        "No-data pixels (NaN, and pixels equal to data.read.nodata_value): error refuses the image (the pre-check "
+        "lists it), fill writes data.read.fill_value, mean writes the channel's mean over its valid pixels.",
+    )
+    nodata_value: float | None = opt(
+        None, "A raw pixel value meaning 'no data' (e.g. 0 or -9999 in satellite products), compared before scaling."
+    )
+    fill_value: float = opt(
+        0.0, "Value (after scaling to [0, 1]) for nodata: fill, and for a channel without any valid pixel under mean."
+    )
+    voi_window: bool = opt(
+        False, "DICOM: apply the file's VOI LUT or window (centre/width) and scale it to [0, 1]; off keeps the modality range (CT in HU)."
+    )
+
+
+@dataclass
 class DataConfig:
     """Where the images and their metadata live."""
 
@@ -44,7 +73,37 @@ class DataConfig:
         "Required. CSV or Parquet file with one row per image. A relative path in a config file is relative to "
         "that file's folder; on the command line, to the working directory.",
     )
-    image_column: str = opt("path", "Column holding the image paths, relative to data.root unless absolute.")
+    image_column: str = opt(
+        "path",
+        "Column holding the image paths (relative to data.root unless absolute; fsspec URLs such as s3://... too), "
+        "or, in a Parquet table, the image bytes (a binary column or Hugging Face datasets' {bytes, path}).",
+    )
+    image_template: str | None = opt(
+        None,
+        "Path built from columns instead: {channel} is replaced by each name in data.channels (one file per "
+        "channel), then every {column} by the row's cell. HPA: '{Id}_{channel}.png'; Cell Painting: "
+        "'{PathName_Orig{channel}}/{FileName_Orig{channel}}'. null: data.image_column names the file.",
+    )
+    channels: list[str] | None = opt(
+        None,
+        "Channel names in order: one file each with {channel} in data.image_template; otherwise the names of the "
+        "image's model.in_chans channels. Recorded in the export's preprocessing.",
+    )
+    channel_columns: list[str] | None = opt(
+        None, "One column per channel, each holding that channel's file (channel names: the column names)."
+    )
+    index_column: str | None = opt(
+        None,
+        "Column with each row's item of a stacked .npy [N, H, W(, C)] named in the path column (memory-mapped; "
+        "MedMNIST via metadino import), or the frame of a multi-frame DICOM.",
+    )
+    tile_columns: dict[str, str] = opt(
+        {},
+        "Whole-slide region rows: the columns of x and y (top-left, level-0 pixels), size (or width and height) and "
+        "optionally level, e.g. {x: x, y: y, size: size, level: level}. TIFF and OME-Zarr decode only the tiles "
+        "under the region.",
+    )
+    read: ReadConfig = section(ReadConfig)
     root: str | None = opt(None, "Folder that relative image paths start from; null: the table's folder.")
     rows: dict[str, Any] = opt(
         {}, "Row filter, e.g. {split: train}; a value may be a list of accepted values. Empty: every row."

@@ -7,6 +7,7 @@ the section whose key it names.
 
 from __future__ import annotations
 
+import math
 import typing
 
 from metadino.config.schema import Config, PhotometricPreset
@@ -33,6 +34,58 @@ def validate_data(cfg: Config) -> None:
            f"unknown policy '{cfg.data.bad_images}'; choose strict or skip.")
     f = cfg.data.max_bad_fraction
     _check(0.0 <= f <= 1.0, "data.max_bad_fraction", f"must be a share in [0, 1], got {f}.")
+    _validate_layout(cfg)
+    _validate_read(cfg)
+
+
+_TILE_KEYS = ("x", "y", "size", "width", "height", "level")  # metadino.data.sources.TILE_KEYS (a test keeps them equal)
+
+
+def _validate_layout(cfg: Config) -> None:
+    d = cfg.data
+    template, channels = d.image_template, d.channels
+    _check(template is None or not d.channel_columns, "data.channel_columns",
+           "cannot be combined with data.image_template; name the channel files one way.")
+    if template is not None:
+        _check(bool(template.strip()), "data.image_template", "is empty; give a path template or null.")
+        _check("{" in template, "data.image_template",
+               f"'{template}' names no column; write fields such as '{{Id}}_{{channel}}.png'.")
+        _check("{channel}" not in template or bool(channels), "data.channels",
+               f"must list the channel names that replace {{channel}} in data.image_template '{template}'.")
+    if channels is not None:
+        _check(len(channels) > 0, "data.channels", "is empty; list the channel names, or null.")
+        _check(len(set(channels)) == len(channels), "data.channels", f"names a channel twice: {channels}.")
+        if template is None or "{channel}" not in template:
+            _check(len(channels) == cfg.model.in_chans, "data.channels",
+                   f"names {len(channels)} channels but model.in_chans={cfg.model.in_chans}.")
+    if d.channel_columns is not None:
+        _check(len(d.channel_columns) > 0, "data.channel_columns", "is empty; list one column per channel, or null.")
+        _check(len(set(d.channel_columns)) == len(d.channel_columns), "data.channel_columns",
+               f"names a column twice: {d.channel_columns}.")
+    tiles = d.tile_columns
+    if tiles:
+        unknown = sorted(set(tiles) - set(_TILE_KEYS))
+        _check(not unknown, "data.tile_columns", f"unknown key(s) {unknown}; use {', '.join(_TILE_KEYS)}.")
+        _check("x" in tiles and "y" in tiles, "data.tile_columns", "needs the columns of x and y.")
+        _check(("size" in tiles) != ("width" in tiles or "height" in tiles), "data.tile_columns",
+               "needs either size, or width and height.")
+        _check("size" in tiles or ("width" in tiles and "height" in tiles), "data.tile_columns",
+               "needs both width and height.")
+
+
+def _validate_read(cfg: Config) -> None:
+    r = cfg.data.read
+    for key in ("series", "level"):
+        _check(getattr(r, key) >= 0, f"data.read.{key}", f"must be >= 0, got {getattr(r, key)}.")
+    for key in ("z", "t"):
+        v = getattr(r, key)
+        _check(v is None or v >= 0, f"data.read.{key}", f"must be >= 0 or null, got {v}.")
+    _check(r.max_pixels >= 1, "data.read.max_pixels", f"must be at least 1, got {r.max_pixels}.")
+    _check(r.nodata in ("error", "fill", "mean"), "data.read.nodata",
+           f"unknown policy '{r.nodata}'; choose error, fill or mean.")
+    _check(math.isfinite(r.fill_value), "data.read.fill_value", f"must be a finite number, got {r.fill_value}.")
+    _check(r.nodata_value is None or not math.isnan(r.nodata_value), "data.read.nodata_value",
+           "NaN is always no-data; give another value or null.")
 
 
 def validate_model(cfg: Config) -> None:

@@ -22,8 +22,8 @@ from torch.utils.data import Dataset, Sampler
 
 from metadino.data.batch import Batch, Target
 from metadino.data.crops import MultiCropAugmentation, eval_view
-from metadino.data.images import load_image
 from metadino.data.photometric.presets import Photometric
+from metadino.data.reading import DEFAULT_READ, ReadOptions
 from metadino.data.regions import TableRegions
 from metadino.data.seeding import make_generator
 from metadino.data.table import MetadataTable
@@ -33,11 +33,12 @@ from metadino.errors import UserError
 _PERMUTATION_STREAM = 0x5A4D  # keeps the sampler's random stream apart from the augmentation streams
 
 
-def load_checked_image(table: MetadataTable, index: int, in_chans: int) -> torch.Tensor:
+def load_checked_image(table: MetadataTable, index: int, in_chans: int,
+                       options: ReadOptions = DEFAULT_READ) -> torch.Tensor:
     """Decode row `index` of `table` and check its channel count; errors name the row and file."""
-    path = table.paths[index]
+    path = table.images.name(index)
     try:
-        image = load_image(path)
+        image = table.images.load(index, options)
     except UserError as e:
         raise UserError(f"{table.source.name} row {table.row_numbers[index]}: {e}") from None
     if image.shape[0] != in_chans:
@@ -65,6 +66,7 @@ class SSLDataset(Dataset[dict[str, Any]]):
         in_chans: int,
         targets: TableTargets | None = None,
         regions: TableRegions | None = None,
+        options: ReadOptions = DEFAULT_READ,
     ):
         if regions is not None and len(regions) != len(table):
             raise ValueError(f"regions cover {len(regions)} rows but the table has {len(table)}")
@@ -74,13 +76,14 @@ class SSLDataset(Dataset[dict[str, Any]]):
         self.augment = augment
         self.seed = seed
         self.in_chans = in_chans
+        self.options = options
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = key
-        image = load_checked_image(self.table, index, self.in_chans)
+        image = load_checked_image(self.table, index, self.in_chans, self.options)
         region = None
         if self.regions is not None and self.augment.uses_regions:
             region = self.regions.region(index, (image.shape[1], image.shape[2]))
@@ -161,8 +164,10 @@ class StepSampler(Sampler[list[tuple[int, int]]]):
 class EvalDataset(Dataset[torch.Tensor]):
     """Row i -> the deterministic evaluation view of its image (resize, centre crop, normalise)."""
 
-    def __init__(self, table: MetadataTable, *, image_size: int, in_chans: int, photometric: Photometric):
+    def __init__(self, table: MetadataTable, *, image_size: int, in_chans: int, photometric: Photometric,
+                 options: ReadOptions = DEFAULT_READ):
         self.table = table
+        self.options = options
         self.size = image_size
         self.in_chans = in_chans
         self.photometric = photometric
@@ -171,5 +176,5 @@ class EvalDataset(Dataset[torch.Tensor]):
         return len(self.table)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        image = load_checked_image(self.table, index, self.in_chans)
+        image = load_checked_image(self.table, index, self.in_chans, self.options)
         return eval_view(image, self.size, self.photometric)

@@ -26,6 +26,7 @@ class Preprocessing:
     mean: list[float] | None = None
     std: list[float] | None = None
     embed_dim: int | None = None  # informational; filled from the model when a hand-written file leaves it out
+    channels: list[str] | None = None  # the channel names in input order (data.channels), when the run named them
 
     @classmethod
     def default_for(cls, backbone: Backbone) -> Preprocessing:
@@ -69,7 +70,8 @@ class Preprocessing:
     def describe(self) -> str:
         """One line for logs and reports: what the images go through."""
         norm = f"mean {self.mean}, std {self.std}" if self.mean is not None else "the preset's normalisation"
-        return f"{self.image_size} px, {self.in_chans} channel(s), photometric '{self.photometric}', {norm}"
+        names = f" ({', '.join(self.channels)})" if self.channels else ""
+        return f"{self.image_size} px, {self.in_chans} channel(s){names}, photometric '{self.photometric}', {norm}"
 
     def transform(self) -> Photometric:
         """The evaluation-time photometric transform (normalisation only: presets augment only in training)."""

@@ -9,6 +9,8 @@ import torch
 from metadino.config import Config, GuideConfig, HeadConfig, ModelConfig
 from metadino.data.crops import MultiCropAugmentation
 from metadino.data.photometric import build_photometric
+from metadino.data.reading import ReadOptions
+from metadino.data.sources import ImageLayout
 from metadino.data.table import MetadataTable
 from metadino.data.targets import ColumnEncoder, Kind, build_encoder
 from metadino.errors import UserError
@@ -29,9 +31,27 @@ from metadino.train.task import SSLModel, SSLTask
 def preprocessing_from_config(cfg: Config, backbone: Backbone) -> Preprocessing:
     """What ``preprocessing.json`` records for a backbone trained with `cfg` (evaluation and embedding read it)."""
     c = cfg.crops
+    names = build_layout(cfg).channel_names()
     return Preprocessing(image_size=c.global_size, in_chans=cfg.model.in_chans, patch_size=backbone.patch_size,
                          photometric=c.photometric, mean=None if c.mean is None else list(c.mean),
-                         std=None if c.std is None else list(c.std), embed_dim=backbone.embed_dim)
+                         std=None if c.std is None else list(c.std), embed_dim=backbone.embed_dim,
+                         channels=None if names is None else list(names))
+
+
+def build_layout(cfg: Config) -> ImageLayout:
+    """How the table names each row's image (``data.image_column`` / ``image_template`` / ``channel_columns`` …)."""
+    d = cfg.data
+    return ImageLayout(image_column=d.image_column, image_template=d.image_template,
+                       channels=None if d.channels is None else tuple(d.channels),
+                       channel_columns=None if d.channel_columns is None else tuple(d.channel_columns),
+                       index_column=d.index_column, tile_columns=dict(d.tile_columns))
+
+
+def build_read_options(cfg: Config) -> ReadOptions:
+    """How files are decoded (``data.read``)."""
+    r = cfg.data.read
+    return ReadOptions(series=r.series, level=r.level, z=r.z, t=r.t, max_pixels=r.max_pixels, nodata=r.nodata,
+                       nodata_value=r.nodata_value, fill_value=r.fill_value, voi_window=r.voi_window)
 
 
 def build_backbone_from_config(model: ModelConfig, *, image_size: int) -> Backbone:

@@ -46,7 +46,9 @@ from metadino.train.factory import (
     build_backbone_from_config,
     build_encoders,
     build_guides,
+    build_layout,
     build_optimizer,
+    build_read_options,
     build_schedule,
     build_task,
     preprocessing_from_config,
@@ -166,10 +168,11 @@ def _load_data(cfg: Config, *, progress: bool = True) -> tuple[MetadataTable, di
     (``data.bad_images: skip``; the caller lists them in the run directory): every data error (file, row, column,
     image) surfaces here, before any compute."""
     d, lg = cfg.data, cfg.crops.label_guided
-    table = load_table(d.table, image_column=d.image_column, root=d.root, rows=d.rows, missing_values=d.missing_values)
+    table = load_table(d.table, root=d.root, rows=d.rows, missing_values=d.missing_values, layout=build_layout(cfg))
     encoders = build_encoders(cfg, table)  # column errors first: they cost no decoding
     main = int(os.environ.get("RANK", "0")) == 0
     checked = check_images(table, in_chans=cfg.model.in_chans, policy=d.bad_images, max_bad_fraction=d.max_bad_fraction,
+                           options=build_read_options(cfg),
                            global_size=cfg.crops.global_size, batch_size=cfg.train.batch_size,
                            workers=max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
                            progress=None if main and progress else False)
@@ -217,7 +220,7 @@ def _loader(cfg: Config, table: MetadataTable, encoders: dict[str, ColumnEncoder
                           rank=info.rank, world_size=info.world_size)
     targets = TableTargets.from_table(table, encoders) if encoders else None
     dataset = SSLDataset(table, build_augmentation(cfg, patch_size), seed=t.seed, in_chans=cfg.model.in_chans,
-                         targets=targets, regions=regions)
+                         targets=targets, regions=regions, options=build_read_options(cfg))
     return DataLoader(
         dataset,
         batch_sampler=sampler,
