@@ -281,11 +281,30 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-config", type=Path, default=None, metavar="YAML",
+                   help="a config (a run's config.yaml, or the .data.yaml `metadino import` writes) whose data section "
+                        "says how the table names its images (image_template + channels, channel_columns, index_column, "
+                        "tile_columns) and reads them (data.read); its data.root applies unless --root is given")
     p.add_argument("--num-workers", type=int, default=0, help="image-decoding processes (default 0: in this process)")
     p.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="input size instead of the model's preprocessing.json (224 for a plain checkpoint)")
     p.add_argument("--mean", default=None, metavar="M[,M..]", help="per-channel normalisation mean (with --std)")
     p.add_argument("--std", default=None, metavar="S[,S..]", help="per-channel normalisation std (with --mean)")
+
+
+def _data_layout(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(image layout, read options, root) from --data-config; (None, the defaults, --root) without it."""
+    from metadino.data.reading import DEFAULT_READ
+
+    if args.data_config is None:
+        return None, DEFAULT_READ, args.root
+    from metadino.config import load_config
+    from metadino.train.factory import build_layout, build_read_options
+
+    cfg = load_config(args.data_config)
+    if args.image_column != "path":
+        raise UserError("give the image column in --data-config (data.image_column), not also with --image-column.")
+    return build_layout(cfg), build_read_options(cfg), args.root if args.root is not None else cfg.data.root
 
 
 def _floats(text: str | None, flag: str) -> list[float] | None:
@@ -408,8 +427,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from metadino.device import resolve_device
     from metadino.embed import check_output_path, extract_features, write_embeddings
     check_output_path(args.out, overwrite=args.overwrite)  # before loading anything
+    layout, read, root = _data_layout(args)
     backbone, pre = _model_loader(args, args.model)()
-    table = load_table(args.table, image_column=args.image_column, root=args.root, rows=parse_rows(args.rows))
+    table = load_table(args.table, image_column=args.image_column, root=root, rows=parse_rows(args.rows),
+                       layout=layout, read=read)
     device = resolve_device(args.device)
     feats = extract_features(backbone, table, pre, batch_size=args.batch_size, device=device, progress=not args.quiet,
                              num_workers=args.num_workers)
@@ -423,15 +444,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from metadino.device import resolve_device
     from metadino.eval.evaluate import evaluate
 
+    layout, read, root = _data_layout(args)
     metrics = evaluate(
         args.model, _model_loader(args, args.model), table=args.table, label_column=args.label_column, train_rows=parse_rows(args.train_rows),
         test_rows=parse_rows(args.test_rows), val_rows=parse_rows(args.val_rows), group_column=args.group_column,
         probes=_columns(args.probes), leakage_columns=_columns(args.leakage_columns),
         conditional_leakage=parse_conditional(args.conditional_leakage), purity_columns=_columns(args.purity_columns),
         out=args.out,
-        image_column=args.image_column, root=args.root, feature=args.feature, k=args.k, temperature=args.temperature,
+        image_column=args.image_column, root=root, feature=args.feature, k=args.k, temperature=args.temperature,
         batch_size=args.batch_size, device=resolve_device(args.device), cache_dir=None if args.no_cache else "default",
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, layout=layout, read=read,
         seed=args.seed, progress=not args.quiet,
     )
     from metadino.eval.report import conditional_table_md, leakage_table_md, metrics_table, purity_table_md
@@ -454,11 +476,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from metadino.audit.inspect import run_inspect
     from metadino.device import resolve_device
 
+    layout, read, root = _data_layout(args)
     text = run_inspect(
-        args.table, image_column=args.image_column, root=args.root, labels=_columns(args.labels), model=args.model,
+        args.table, image_column=args.image_column, root=root, labels=_columns(args.labels), model=args.model,
         batch_size=args.batch_size, device=str(resolve_device(args.device)), progress=not args.quiet, out=args.out,
         overwrite=args.overwrite, load=_model_loader(args, args.model) if args.model else None,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, layout=layout, read=read,
     )
     print(text)
     return 0

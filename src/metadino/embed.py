@@ -42,11 +42,17 @@ def check_output_path(out: str | Path, *, overwrite: bool = False) -> Path:
 
 
 def write_embeddings(table: MetadataTable, features: torch.Tensor, out: str | Path) -> Path:
-    """Parquet with one row per image: the path as written in the table, its row number, the embedding."""
+    """Parquet with one row per image: the path as written in the table (or, for channel files, a column ``image``
+    with each row's first file), its row number, the embedding."""
     out = check_output_path(out, overwrite=True)  # the command checked --overwrite before computing
     out.parent.mkdir(parents=True, exist_ok=True)
     emb = features.numpy().astype(np.float32)
-    frame = pd.DataFrame({table.image_column: table.frame[table.image_column].astype(str).tolist(), "row": table.row_numbers})
+    if table.image_column in table.frame.columns:
+        names = table.frame[table.image_column].astype(str).tolist()
+        column = table.image_column
+    else:  # a path template or channel columns name the files: each row's first file
+        names, column = [table.images.name(i) for i in range(len(table))], "image"
+    frame = pd.DataFrame({column: names, "row": table.row_numbers})
     arrow = pa.Table.from_pandas(frame, preserve_index=False).append_column(
         "embedding", pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
     )

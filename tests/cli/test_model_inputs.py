@@ -30,3 +30,45 @@ def test_embed_eval_and_inspect_take_the_input_size_and_say_which_preprocessing_
     assert (pre["image_size"], pre["mean"], pre["std"]) == (24, [0.5] * 3, [0.25] * 3)
     assert cli(["inspect", "--table", str(table), "--model", str(model), "--image-size", "16", "--quiet"]) == 0
     assert "preprocessing: 16 px" in capsys.readouterr().err
+
+
+def test_data_config_gives_eval_embed_and_inspect_the_training_layout(tmp_path, capsys):
+    """A table naming one file per channel (and NaN no-data pixels) is read as training reads it."""
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from metadino.data.images import load_image
+
+    table = write_labelled_table(tmp_path / "data")
+    model = write_tiny_model(tmp_path / "model")
+    frame = pd.read_csv(table)
+    folder = tmp_path / "channels"
+    folder.mkdir()
+    for i, path in enumerate(frame["path"]):
+        img = load_image(table.parent / path).numpy()
+        for c, name in enumerate(("r", "g", "b")):
+            plane = img[c].copy()
+            plane[0, 0] = np.nan  # a no-data pixel in every channel file
+            np.save(folder / f"im{i}_{name}.npy", plane)
+    frame["Id"] = [f"im{i}" for i in range(len(frame))]
+    frame.drop(columns=["path"]).to_csv(tmp_path / "t.csv", index=False)
+    data = {"table": str(tmp_path / "t.csv"), "root": str(folder), "image_template": "{Id}_{channel}.npy",
+            "channels": ["r", "g", "b"], "read": {"nodata": "fill"}}
+    (tmp_path / "t.data.yaml").write_text(yaml.safe_dump({"data": data}))
+    base = ["--table", str(tmp_path / "t.csv"), "--quiet"]
+    assert cli(["embed", str(model), *base, "--out", str(tmp_path / "e.parquet")]) == 2
+    assert "t.csv has no image column 'path'" in capsys.readouterr().err
+    with_layout = [*base, "--data-config", str(tmp_path / "t.data.yaml")]
+    assert cli(["embed", str(model), *with_layout, "--out", str(tmp_path / "e.parquet")]) == 0
+    frame_out, emb = read_embeddings(tmp_path / "e.parquet")
+    assert emb.shape == (len(frame), 32) and np.isfinite(emb).all()
+    args = ["eval", str(model), *with_layout, "--label-column", "label", "--train-rows", "split=train",
+            "--test-rows", "split=test", "--out", str(tmp_path / "ev"), "--no-cache"]
+    assert cli(args) == 0
+    assert cli(["inspect", "--model", str(model), *with_layout]) == 0
+    data["read"] = {"nodata": "error"}
+    (tmp_path / "t.data.yaml").write_text(yaml.safe_dump({"data": data}))
+    capsys.readouterr()
+    assert cli(["embed", str(model), *with_layout, "--out", str(tmp_path / "f.parquet"), "--overwrite"]) == 2
+    assert "im0_r.npy has 1 no-data pixels (NaN)" in capsys.readouterr().err

@@ -10,6 +10,8 @@ import numpy as np
 
 from metadino.audit.format import format_audit
 from metadino.audit.roles import UNAUDITED_ROLES, audit_table
+from metadino.data.reading import DEFAULT_READ, ReadOptions
+from metadino.data.sources import ImageLayout
 from metadino.data.table import MetadataTable, load_table
 from metadino.errors import UserError
 from metadino.eval.leakage import Leakage, column_leakage
@@ -32,6 +34,8 @@ def run_inspect(
     overwrite: bool = False,
     load: Callable[[], tuple[Backbone, Preprocessing]] | None = None,
     num_workers: int = 0,
+    layout: ImageLayout | None = None,
+    read: ReadOptions = DEFAULT_READ,
     folds: int = 5,
     seed: int = 0,
 ) -> str:
@@ -44,7 +48,8 @@ def run_inspect(
     """
     if out is not None:
         check_output_file(Path(out), overwrite=overwrite)  # before any work
-    meta = load_table(table, image_column=image_column, root=root, check_files=model is not None)
+    meta = load_table(table, image_column=image_column, root=root, check_files=model is not None, layout=layout,
+                      read=read)
     audit = audit_table(meta, labels=labels)
     leakage: dict[str, Leakage] | None = None
     if model is not None:

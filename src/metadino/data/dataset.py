@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, Sampler
 from metadino.data.batch import Batch, Target
 from metadino.data.crops import MultiCropAugmentation, eval_view
 from metadino.data.photometric.presets import Photometric
-from metadino.data.reading import DEFAULT_READ, ReadOptions
+from metadino.data.reading import ReadOptions
 from metadino.data.regions import TableRegions
 from metadino.data.seeding import make_generator
 from metadino.data.table import MetadataTable
@@ -34,7 +34,7 @@ _PERMUTATION_STREAM = 0x5A4D  # keeps the sampler's random stream apart from the
 
 
 def load_checked_image(table: MetadataTable, index: int, in_chans: int,
-                       options: ReadOptions = DEFAULT_READ) -> torch.Tensor:
+                       options: ReadOptions | None = None) -> torch.Tensor:
     """Decode row `index` of `table` and check its channel count; errors name the row and file."""
     path = table.images.name(index)
     try:
@@ -66,7 +66,7 @@ class SSLDataset(Dataset[dict[str, Any]]):
         in_chans: int,
         targets: TableTargets | None = None,
         regions: TableRegions | None = None,
-        options: ReadOptions = DEFAULT_READ,
+        options: ReadOptions | None = None,
     ):
         if regions is not None and len(regions) != len(table):
             raise ValueError(f"regions cover {len(regions)} rows but the table has {len(table)}")
@@ -165,7 +165,7 @@ class EvalDataset(Dataset[torch.Tensor]):
     """Row i -> the deterministic evaluation view of its image (resize, centre crop, normalise)."""
 
     def __init__(self, table: MetadataTable, *, image_size: int, in_chans: int, photometric: Photometric,
-                 options: ReadOptions = DEFAULT_READ):
+                 options: ReadOptions | None = None):
         self.table = table
         self.options = options
         self.size = image_size

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from metadino import __version__
-from metadino.data.reading import DEFAULT_READ, ReadOptions
+from metadino.data.reading import ReadOptions
 from metadino.data.sources import ImageSource
 from metadino.data.table import MetadataTable
 from metadino.errors import UserError
@@ -86,7 +86,7 @@ def check_images(
     workers: int | None = None,
     progress: bool | None = None,
     cache: bool = True,
-    options: ReadOptions = DEFAULT_READ,
+    options: ReadOptions | None = None,
 ) -> Preflight:
     """Decode every row's image once and apply the bad-image policy (module docstring).
 
@@ -100,7 +100,7 @@ def check_images(
         workers: decoding threads; None: the cores this process may use.
         progress: tqdm bar on stderr; None: only on a terminal, and only when the check takes over a second.
         cache: read and update the per-image cache under :func:`cache_root`.
-        options: how files are decoded (``data.read``).
+        options: how files are decoded (``data.read``); default: the table's.
 
     Raises:
         UserError: with ``strict``, any bad row; with ``skip``, more than `max_bad_fraction` of the rows bad, or
@@ -108,6 +108,7 @@ def check_images(
     """
     if policy not in BAD_IMAGE_POLICIES:
         raise ValueError(f"unknown bad-image policy {policy!r}; expected one of {BAD_IMAGE_POLICIES}")
+    options = table.images.options if options is None else options
     cache_file = _cache_file(table, options) if cache else None
     known = _read_cache(cache_file)
     results, fresh = _check_all(table.images, options, known, workers, progress)

@@ -86,8 +86,9 @@ class ImageSource:
 
     def __init__(self, *, files: Sequence[pa.Array] = (), blobs: pa.Array | None = None,
                  blob_names: pa.Array | None = None, index: np.ndarray | None = None, tiles: np.ndarray | None = None,
-                 channel_names: tuple[str, ...] | None = None):
+                 channel_names: tuple[str, ...] | None = None, options: ReadOptions = DEFAULT_READ):
         self.files = list(files)
+        self.options = options  # how this table's files are decoded (data.read), unless a caller passes others
         self.blobs = blobs
         self.blob_names = blob_names
         self.index = index
@@ -106,7 +107,7 @@ class ImageSource:
             blob_names=None if self.blob_names is None else self.blob_names.take(idx),
             index=None if self.index is None else self.index[np.asarray(rows, dtype=np.int64)],
             tiles=None if self.tiles is None else self.tiles[np.asarray(rows, dtype=np.int64)],
-            channel_names=self.channel_names,
+            channel_names=self.channel_names, options=self.options,
         )
 
     # ------------------------------------------------------------------------------------------ per row
@@ -141,13 +142,15 @@ class ImageSource:
             return f"bytes:{i}"
         return "\0".join(self.files_of(i)) + (f"\1{item}" if item is not None else "") + (f"\1{tile}" if tile else "")
 
-    def load(self, i: int, options: ReadOptions = DEFAULT_READ) -> torch.Tensor:
-        """Decode row `i` to float32 ``[C, H, W]``; the channel files of a row are stacked in order.
+    def load(self, i: int, options: ReadOptions | None = None) -> torch.Tensor:
+        """Decode row `i` to float32 ``[C, H, W]`` (with `options`, default the table's); the channel files of a row
+        are stacked in order.
 
         Raises:
             UserError: naming the file (and, for channel files of different sizes, every file with its size).
         """
         item, tile = self.item(i), self.tile(i)
+        options = self.options if options is None else options
         if self.blobs is not None:
             return load_image_bytes(self.blobs[i].as_py(), self.name(i), options, index=item, tile=tile)
         files = self.files_of(i)
@@ -203,7 +206,8 @@ class ImageSource:
 
 
 def build_source(frame: pd.DataFrame, layout: ImageLayout, *, root: Path, name: str, row_numbers: Sequence[int],
-                 blobs: pa.Array | None = None, blob_names: pa.Array | None = None) -> ImageSource:
+                 blobs: pa.Array | None = None, blob_names: pa.Array | None = None,
+                 options: ReadOptions = DEFAULT_READ) -> ImageSource:
     """Each selected row's image reference, checked (missing cells, unknown columns, suffixes, repeats).
 
     Args:
@@ -213,6 +217,7 @@ def build_source(frame: pd.DataFrame, layout: ImageLayout, *, root: Path, name: 
         name: the table's file name, for messages.
         row_numbers: each row's "row N", for messages.
         blobs/blob_names: the image bytes (and their names) of a binary image column, already selected.
+        options: how the files are decoded (kept with the source).
 
     Raises:
         UserError: naming the table, the rows and the column or template.
@@ -221,9 +226,9 @@ def build_source(frame: pd.DataFrame, layout: ImageLayout, *, root: Path, name: 
     tiles = _tile_columns(frame, layout, name, row_numbers)
     if blobs is not None:
         return ImageSource(blobs=blobs, blob_names=blob_names, index=index, tiles=tiles,
-                           channel_names=layout.channel_names())
+                           channel_names=layout.channel_names(), options=options)
     files = [_render(frame, t, root, name, row_numbers, layout) for t in layout.templates()]
-    source = ImageSource(files=files, index=index, tiles=tiles, channel_names=layout.channel_names())
+    source = ImageSource(files=files, index=index, tiles=tiles, channel_names=layout.channel_names(), options=options)
     _check_suffixes(source, name, row_numbers, layout)
     _check_repeats(source, name, row_numbers, layout)
     return source

@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from metadino.data.reading import DEFAULT_READ, ReadOptions
 from metadino.data.sources import ImageLayout, ImageSource, build_source, check_files_exist
 from metadino.data.sources import rows_text as _rows
 from metadino.data.values import category_label, known_mask, multilabel_separator
@@ -126,6 +127,7 @@ def load_table(
     missing_values: Sequence[str] = DEFAULT_MISSING_VALUES,
     check_files: bool = True,
     layout: ImageLayout | None = None,
+    read: ReadOptions = DEFAULT_READ,
 ) -> MetadataTable:
     """Read a metadata table, select rows and validate it before any compute.
 
@@ -142,6 +144,7 @@ def load_table(
         check_files: check that every selected image file exists (in parallel threads).
         layout: how the table names its images (one file, one file per channel, stack items, tiles); default: one
             file per row in `image_column`.
+        read: how the image files are decoded (``data.read``); kept with the table's images.
 
     Raises:
         UserError: on any problem with the table, naming the file, column and rows.
@@ -183,7 +186,7 @@ def load_table(
     if root is not None and not root_dir.is_dir():
         raise UserError(f"image root folder {root_dir} (given for {name}) does not exist; pass an existing folder")
     images = build_source(frame, layout, root=root_dir, name=name, row_numbers=row_list, blobs=blobs,
-                          blob_names=blob_names)
+                          blob_names=blob_names, options=read)
     if check_files:
         check_files_exist(images, name, row_list, layout)
     return MetadataTable(source=source, frame=frame, images=images, row_numbers=row_list,

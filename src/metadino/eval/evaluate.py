@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from metadino.data.reading import DEFAULT_READ, ReadOptions
+from metadino.data.sources import ImageLayout
 from metadino.data.table import MetadataTable, infer_column_kind, load_table
 from metadino.data.targets import ColumnEncoder, Kind, class_names
 from metadino.data.values import DEFAULT_SEPARATOR, category_label, known_mask, multilabel_separator
@@ -122,10 +124,11 @@ def build_labels(label_column: str, splits: Sequence[Split]) -> Labels:
 
 
 def _load_split(name: str, table: str | Path, rows: Mapping[str, Any], image_column: str, root: str | None,
-                required: Sequence[str]) -> Split:
+                required: Sequence[str], layout: ImageLayout | None, read: ReadOptions) -> Split:
     if not rows:
         raise UserError(f"--{name}-rows is required, e.g. --{name}-rows split={name}.")
-    return Split(name, load_table(table, image_column=image_column, root=root, rows=rows, required_columns=required))
+    return Split(name, load_table(table, image_column=image_column, root=root, rows=rows, required_columns=required,
+                                  layout=layout, read=read))
 
 
 def _prepare_out(out: Path) -> None:
@@ -172,7 +175,7 @@ def evaluate(
     conditional_leakage: Mapping[str, Sequence[str]] | None = None, purity_columns: Sequence[str] = (),
     image_column: str = "path", root: str | None = None, feature: str = "cls", k: int = 20, temperature: float = 0.07,
     leakage_folds: int = 5, batch_size: int = 64, device: str | torch.device = "cpu", cache_dir: Path | None | str = "default",
-    num_workers: int = 0,
+    num_workers: int = 0, layout: ImageLayout | None = None, read: ReadOptions = DEFAULT_READ,
     seed: int = 0, progress: bool = True, report: bool = True, title: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the backbone that `load` returns (with its preprocessing) on a labelled subset; write
@@ -182,13 +185,14 @@ def evaluate(
     `conditional_leakage` maps a target column to the columns it is conditioned on (``{"plate": ["cell_line"]}``:
     plate beyond cell line, :mod:`metadino.eval.conditional`). `purity_columns` get their leave-one-out k-NN
     accuracy on the embedding's own k-NN graph (`k` neighbours); with `group_column`, the same-group share among
-    same-label neighbours (label: `label_column`) is reported too (:mod:`metadino.eval.purity`).
+    same-label neighbours (label: `label_column`) is reported too (:mod:`metadino.eval.purity`). `layout` and `read`
+    say how the table names and decodes its images (channel files, stack items, tiles; ``data.read``), as in training.
     """
     t0 = time.perf_counter()
     probes = _check_probes(probes, feature, k, temperature)
     required = [label_column, *([group_column] if group_column else []), *leakage_columns]
     rows = {"train": train_rows, **({"val": val_rows} if val_rows else {}), "test": test_rows}
-    splits = [_load_split(name, table, r, image_column, root, required) for name, r in rows.items()]
+    splits = [_load_split(name, table, r, image_column, root, required, layout, read) for name, r in rows.items()]
     by_name = {s.name: s for s in splits}
     labels = build_labels(label_column, splits)
     train_frame = by_name["train"].table.frame

@@ -89,6 +89,7 @@ def cache_key(model_digest: str, table: MetadataTable, preprocessing: Preprocess
             "images": images_digest(table.images),
             "n": len(table),
             "pre": preprocessing.to_dict(),
+            "read": repr(table.images.options),
             "patch_blocks": patch_blocks,
         },
         sort_keys=True,

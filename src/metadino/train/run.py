@@ -31,7 +31,14 @@ from metadino.config import (
 )
 from metadino.data.batch import Batch
 from metadino.data.dataset import SSLDataset, StepSampler, collate_crops
-from metadino.data.preflight import SKIPPED_ROWS_FILE, BadRow, available_cores, check_images, write_skipped_rows
+from metadino.data.preflight import (
+    SKIPPED_ROWS_FILE,
+    BadRow,
+    Preflight,
+    available_cores,
+    check_images,
+    write_skipped_rows,
+)
 from metadino.data.regions import load_regions
 from metadino.data.table import MetadataTable, load_table
 from metadino.data.targets import ColumnEncoder, TableTargets, save_vocab
@@ -163,19 +170,38 @@ def _check_resume_compatible(saved: dict[str, Any], cfg: Config, run_dir: Path, 
         )
 
 
-def _load_data(cfg: Config, *, progress: bool = True) -> tuple[MetadataTable, dict[str, ColumnEncoder], Any, list[BadRow]]:
+def _load_data(cfg: Config, device: torch.device, *,
+               progress: bool = True) -> tuple[MetadataTable, dict[str, ColumnEncoder], Any, list[BadRow]]:
     """The table, the encoders of guided columns, the label-guided regions and the rows skipped for bad images
     (``data.bad_images: skip``; the caller lists them in the run directory): every data error (file, row, column,
-    image) surfaces here, before any compute."""
+    image) surfaces here, before any compute.
+
+    The files are checked once per node: the node's first process stats and decodes them on all the node's cores and
+    writes the pre-check cache; the other processes wait for it and read the cache. A data error stops every rank."""
     d, lg = cfg.data, cfg.crops.label_guided
-    table = load_table(d.table, root=d.root, rows=d.rows, missing_values=d.missing_values, layout=build_layout(cfg))
-    encoders = build_encoders(cfg, table)  # column errors first: they cost no decoding
+    first_on_node = int(os.environ.get("LOCAL_RANK", "0")) == 0
     main = int(os.environ.get("RANK", "0")) == 0
-    checked = check_images(table, in_chans=cfg.model.in_chans, policy=d.bad_images, max_bad_fraction=d.max_bad_fraction,
-                           options=build_read_options(cfg),
-                           global_size=cfg.crops.global_size, batch_size=cfg.train.batch_size,
-                           workers=max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
-                           progress=None if main and progress else False)
+    options = build_read_options(cfg)
+
+    def check(table: MetadataTable) -> Preflight:
+        return check_images(table, in_chans=cfg.model.in_chans, policy=d.bad_images, max_bad_fraction=d.max_bad_fraction,
+                            options=options, global_size=cfg.crops.global_size, batch_size=cfg.train.batch_size,
+                            workers=available_cores(), progress=None if main and progress else False)
+
+    failed: UserError | None = None
+    checked = None
+    try:
+        table = load_table(d.table, root=d.root, rows=d.rows, missing_values=d.missing_values, layout=build_layout(cfg),
+                           read=options, check_files=first_on_node)
+        encoders = build_encoders(cfg, table)  # column errors first: they cost no decoding
+        if first_on_node:
+            checked = check(table)
+    except UserError as e:
+        failed = e
+    if not all_ranks_true(failed is None, device):  # every rank stops, rather than waiting for one that stopped
+        raise failed or UserError("another process of this run found a problem with the data (its message says what).")
+    if checked is None:
+        checked = check(table)  # the node's first process has checked every file: this reads its cache
     if main:
         for line in checked.warnings:
             print(line, file=sys.stderr)
@@ -251,7 +277,7 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
-    table, encoders, regions, skipped = _load_data(cfg, progress=progress)
+    table, encoders, regions, skipped = _load_data(cfg, device, progress=progress)
     task = _build_task(cfg, encoders, device)
     optimizer = build_optimizer(cfg, task)
     trainable, total_params, summary = _summary(task, cfg)
