@@ -204,3 +204,31 @@ def test_nodata_option_reaches_every_channel_file(tmp_path):
         table.images.load(0, ReadOptions(nodata_value=0))
     filled = table.images.load(0, ReadOptions(nodata_value=0, nodata="fill", fill_value=-1.0))
     assert (filled[0] == -1).sum() == 9 and (filled[1] == -1).sum() == 0
+
+
+def _ome_zarr(path: Path, levels: list[np.ndarray]) -> None:
+    """A minimal OME-Zarr v0.4 image (Zarr format 2) with axes c, z, y, x."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    for i, data in enumerate(levels):
+        root.create_array(str(i), shape=data.shape, dtype=data.dtype, chunks=(1, 1, 16, 16))[...] = data
+    axes = [{"name": "c", "type": "channel"}, {"name": "z", "type": "space"}, {"name": "y", "type": "space"},
+            {"name": "x", "type": "space"}]
+    datasets = [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 2**i, 2**i]}]}
+                for i in range(len(levels))]
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
+
+
+def test_ome_zarr_rows_read_a_level_and_a_plane(tmp_path):
+    """An OME-Zarr folder in the path column: checked as a folder, read at data.read.level / z."""
+    volume = (np.arange(2 * 3 * 32 * 32) % 65535).astype(np.uint16).reshape(2, 3, 32, 32)  # CZYX
+    _ome_zarr(tmp_path / "cells.ome.zarr", [volume, volume[:, :, ::2, ::2]])
+    pd.DataFrame({"path": ["cells.ome.zarr"]}).to_csv(tmp_path / "t.csv", index=False)
+    table = load_table(tmp_path / "t.csv", read=ReadOptions(level=1, z=2))
+    assert torch.equal(table.images.load(0), torch.from_numpy(volume[:, 2, ::2, ::2] / 65535).float())
+    with pytest.raises(UserError, match=r"Z planes.*data\.read\.z"):
+        load_table(tmp_path / "t.csv").images.load(0)
+    pd.DataFrame({"path": ["other.ome.zarr"]}).to_csv(tmp_path / "u.csv", index=False)
+    with pytest.raises(UserError, match=r"do not exist in row 1 \(e\.g\. .*other\.ome\.zarr\)"):
+        load_table(tmp_path / "u.csv")

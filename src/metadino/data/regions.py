@@ -173,7 +173,7 @@ class TableRegions:
         for index in range(len(self)):
             if not self.has_region(index):
                 continue
-            size = read_image_size(self.table.paths[index])
+            size = self.table.images.size(index)
             if self.boxes is not None:
                 if size is not None:
                     self._check_box_fits(index, tuple(float(v) for v in self.boxes[index]), *size)
