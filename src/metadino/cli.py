@@ -42,6 +42,8 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
               metadino train configs/demo.yaml --out runs/long --stop-after 500     # split a long run into jobs
               metadino train --out runs/long --resume --stop-after 1000
               torchrun --nproc_per_node 2 -m metadino train configs/demo.yaml --out runs/ddp
+              metadino import hpa kaggle-hpa --out hpa.csv      # then train on it with the written data: block
+              metadino train configs/microscopy.yaml --data-config hpa.data.yaml model.in_chans=4 --out runs/hpa
             """
         ),
     )
@@ -50,6 +52,9 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--stop-after", type=int, default=None, metavar="K", help="stop cleanly after step K with a checkpoint")
+    p.add_argument("--data-config", type=Path, default=None, metavar="YAML",
+                   help="a YAML file with a data: block (as `metadino import` writes) whose keys replace CONFIG's; "
+                        "its relative table/root paths start at its own folder; overrides still apply after it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -292,6 +297,24 @@ def _add_model_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--std", default=None, metavar="S[,S..]", help="per-channel normalisation std (with --mean)")
 
 
+def _data_block_overrides(path: Path) -> list[str]:
+    """The data: block of a YAML file as `data.key=value` overrides (values as JSON, which YAML reads back exactly)."""
+    import json
+
+    from metadino.config.loader import read_yaml
+
+    block = read_yaml(path).get("data")
+    if not isinstance(block, dict) or not block:
+        raise UserError(f"--data-config '{path}' holds no data: block; give the .data.yaml that metadino import wrote "
+                        "(or any config with a data section).")
+    out = []
+    for key, value in block.items():
+        if key in ("table", "root") and isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            value = str(path.parent.absolute() / value)
+        out.append(f"data.{key}={json.dumps(value)}")
+    return out
+
+
 def _data_layout(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(image layout, read options, root) from --data-config; (None, the defaults, --root) without it."""
     from metadino.data.reading import DEFAULT_READ
@@ -398,6 +421,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config, overrides = None, [config, *overrides]  # `train --resume --out D key=value`: an override, not a file
     if config is None and not (args.resume and args.out):
         raise UserError("give a CONFIG file (or --resume with --out RUN_DIR to continue a run with its own config).")
+    if args.data_config is not None:
+        overrides = [*_data_block_overrides(args.data_config), *overrides]
     out = args.out or Path("runs") / Path(config).stem
     cfg = load_config(config, overrides) if config is not None else saved_config(out, overrides)
     result = train(cfg, out, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)

@@ -55,3 +55,24 @@ def test_bad_target_names_row(hpa, do_import):
     (hpa / "train.csv").write_text(CSV.replace("Id,Target", "Id,Label"))
     with pytest.raises(UserError, match=r"train.csv has no column 'Target'"):
         do_import("hpa", hpa)
+
+
+def test_the_snippet_trains_through_train_data_config(hpa, do_import, tmp_path):
+    """import -> `metadino train CONFIG --data-config meta.data.yaml`: the four channel files of each row train."""
+    import json
+
+    import yaml
+
+    from metadino.cli import main as cli
+    from testkit import tiny_config
+
+    result = do_import("hpa", hpa)
+    cfg = tiny_config(tmp_path / "unused.csv", model={"in_chans": 4}, crops={"photometric": "microscopy"},
+                      train={"steps": 1, "batch_size": 2, "checkpoint_every": 1})
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli(["train", str(tmp_path / "tiny.yaml"), "--data-config", str(result.snippet_path), "--out",
+                str(tmp_path / "run"), "--quiet"]) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]
+    assert saved["image_template"] == "{Id}_{channel}.png" and saved["table"] == str(tmp_path / "out" / "meta.csv")
+    pre = json.loads((tmp_path / "run" / "backbone" / "preprocessing.json").read_text())
+    assert pre["channels"] == ["red", "green", "blue", "yellow"]
