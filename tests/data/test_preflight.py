@@ -268,3 +268,25 @@ def test_a_loader_worker_error_reaches_the_user_as_the_same_line(tmp_path):
     assert messages[0] == messages[1]
     assert messages[1].startswith("meta.csv row 1: cannot decode image") and "\n" not in messages[1]
     assert "DataLoader worker" not in messages[1]
+
+
+def test_image_bytes_in_the_table_are_checked_every_time_and_never_cached(tmp_path):
+    import io as _io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    blobs = []
+    for i in range(3):
+        buf = _io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    blobs[1] = blobs[1][:30]  # truncated
+    pq.write_table(pa.table({"image": pa.array(blobs, type=pa.binary())}), tmp_path / "t.parquet")
+    table = load_table(tmp_path / "t.parquet", image_column="image")
+    for _ in range(2):
+        with pytest.raises(UserError, match=r"t\.parquet row 2: image 'row 2': cannot decode"):
+            check_images(table, in_chans=3, progress=False)
+    checked = check_images(table, in_chans=3, progress=False, policy="skip", max_bad_fraction=0.5)
+    assert checked.decoded == 3 and len(checked.table) == 2
+    assert not list((cache_root() / "preflight").glob("*.json"))  # nothing to cache: no file identities

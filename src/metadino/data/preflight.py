@@ -111,7 +111,7 @@ def check_images(
     options = table.images.options if options is None else options
     cache_file = _cache_file(table, options) if cache else None
     known = _read_cache(cache_file)
-    results, fresh = _check_all(table.images, options, known, workers, progress)
+    results, fresh, decoded = _check_all(table.images, options, known, workers, progress)
     if cache_file is not None and fresh:
         _write_cache(cache_file, {**known, **fresh})
 
@@ -132,7 +132,7 @@ def check_images(
         keep = [i for i in range(len(table)) if i not in drop]
         kept = table.subset(keep)
         sizes = [sizes[i] for i in keep]
-    return Preflight(table=kept, bad=bad, sizes=sizes, decoded=len(fresh),
+    return Preflight(table=kept, bad=bad, sizes=sizes, decoded=decoded,
                      warnings=_warnings(kept, sizes, global_size, batch_size))
 
 
@@ -150,14 +150,15 @@ def write_skipped_rows(path: Path, bad: Sequence[BadRow]) -> Path:
 
 
 def _check_all(source: ImageSource, options: ReadOptions, known: dict[str, dict[str, Any]], workers: int | None,
-               progress: bool | None) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Per row, its check result (from `known` when the image's identity matches); and the newly checked entries
-    by image key."""
+               progress: bool | None) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], int]:
+    """Per row, its check result (from `known` when the image's identity matches); the newly checked entries by
+    image key (those with a file identity); and how many rows were decoded."""
     from tqdm import tqdm
 
     n = len(source)
     results: list[dict[str, Any]] = [{} for _ in range(n)]
     fresh: dict[str, dict[str, Any]] = {}
+    decoded_rows = 0
     n_workers = max(1, min(workers or available_cores(), n))
     # Chunks of rows per task: a million rows are a few thousand futures, and cached rows cost no thread hand-off.
     chunk = max(1, min(64, n // (4 * n_workers)))
@@ -170,10 +171,11 @@ def _check_all(source: ImageSource, options: ReadOptions, known: dict[str, dict[
             done = future.result()
             for offset, (key, info, decoded) in enumerate(done):
                 results[futures[future] + offset] = info
+                decoded_rows += int(decoded)
                 if decoded and key is not None:
                     fresh[key] = info
             bar.update(len(done))
-    return results, fresh
+    return results, fresh, decoded_rows
 
 
 def _check_chunk(source: ImageSource, rows: range, options: ReadOptions,
@@ -191,18 +193,20 @@ def _check_one(source: ImageSource, i: int, options: ReadOptions,
         return None, {"error": f"cannot read the image file {missing}: it does not exist or cannot be read"}, False
     # size, mtime and ctime: a chmod (an image that could not be read) changes ctime, size and mtime stay
     key, identity = stat
-    cached = known.get(key)
-    if cached is not None and cached.get("identity") == identity and not key.startswith("bytes:"):
+    cacheable = bool(identity)  # bytes held in the table and URLs have no file identity: checked every time
+    cached = known.get(key) if cacheable else None
+    if cached is not None and cached.get("identity") == identity:
         return key, cached, False
+    key_or_none = key if cacheable else None
     try:
         image = source.load(i, options)
     except UserError as e:
-        return key, {"identity": identity, "error": _without_path(str(e), source.name(i))}, True
+        return key_or_none, {"identity": identity, "error": _without_path(str(e), source.name(i))}, True
     pixels = image.numpy()
     finite = np.isfinite(pixels)
     nonfinite = 0 if finite.all() else int(finite.size - np.count_nonzero(finite))
-    return key, {"identity": identity, "channels": int(pixels.shape[0]), "height": int(pixels.shape[1]),
-                 "width": int(pixels.shape[2]), "nonfinite": nonfinite}, True
+    return key_or_none, {"identity": identity, "channels": int(pixels.shape[0]), "height": int(pixels.shape[1]),
+                         "width": int(pixels.shape[2]), "nonfinite": nonfinite}, True
 
 
 def _reason(info: dict[str, Any], in_chans: int) -> str | None:
