@@ -138,6 +138,16 @@ class Backbone(nn.Module, abc.ABC):
         """
         ...
 
+    def last_block_attention(self, images: Tensor) -> Tensor:
+        """Attention probabilities of the last block, ``[B, heads, T, T]`` (rows: queries, each summing to 1), token
+        layout ``[CLS, registers, patches]`` (``T = 1 + num_registers + N``). The normal forward pass is untouched;
+        :func:`metadino.models.attention.cls_attention` turns this into CLS -> patch maps.
+
+        Args:
+            images: [B, C, H, W] as in ``forward`` (no masking).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not expose its attention probabilities")
+
     def num_patches(self, height: int, width: int) -> int:
         return (height // self.patch_size) * (width // self.patch_size)
 

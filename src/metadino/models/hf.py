@@ -134,6 +134,29 @@ class HFBackbone(Backbone):
         norm = self._final_norm()
         return [self._split(norm(h)) for h in hidden[-n:]]
 
+    def last_block_attention(self, images: Tensor) -> Tensor:
+        """[B, heads, T, T] attention probabilities of the last block, through ``output_attentions=True``.
+
+        SDPA does not return its probabilities, so this one call runs with transformers' eager attention (the same
+        maths); the implementation the model had is restored afterwards, also when the call fails. Every block's
+        probabilities are held until the call returns: on large inputs, call it on small batches.
+        """
+        masks = self._check_inputs(images, None)
+        model: Any = self.model
+        if not hasattr(model, "set_attn_implementation") and hasattr(model, "get_base_model"):
+            model = model.get_base_model()  # peft wrapper
+        before = model.config._attn_implementation
+        model.set_attn_implementation("eager")
+        try:
+            out = self.model(pixel_values=images, bool_masked_pos=self._masked_pos(masks), output_attentions=True)
+        finally:
+            model.set_attn_implementation(before)
+        attentions = list(out.attentions or [])
+        if len(attentions) < self.depth:
+            raise RuntimeError(f"{self.hf_class} returned {len(attentions)} attention maps for {self.depth} blocks")
+        last: Tensor = attentions[-1].float()
+        return last
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         # transformers >= 5.23 renamed gradient_checkpointing_* to activation_checkpointing_* (old names warn).
         # The type: ignores: transformers leaves these methods unannotated.

@@ -58,6 +58,16 @@ class Attention(nn.Module):
         y: Tensor = self.proj(out.transpose(1, 2).reshape(b, t, d))
         return y
 
+    def probabilities(self, x: Tensor) -> Tensor:
+        """The attention probabilities that ``forward`` applies, computed explicitly: softmax(q k^T / sqrt(hd))
+        (SDPA's default scale), [B, T, D] -> [B, H, T, T]. For inspection only; ``forward`` stays on SDPA."""
+        b, t, d = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k = qkv[0], qkv[1]
+        logits = (q.float() @ k.float().transpose(-2, -1)) * (d // self.num_heads) ** -0.5
+        probs: Tensor = logits.softmax(dim=-1)
+        return probs
+
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
@@ -246,6 +256,15 @@ class VisionTransformer(Backbone):
             if i >= self.depth - n:
                 outs.append(self._split(self.norm(x)))
         return outs
+
+    def last_block_attention(self, images: Tensor) -> Tensor:
+        """[B, heads, T, T] attention probabilities of the last block (token layout [CLS, registers, patches])."""
+        x = self._embed(images, self._check_inputs(images, None))
+        for blk in list(self.blocks)[:-1]:
+            x = self._run_block(blk, x)
+        last: Any = self.blocks[-1]
+        probs: Tensor = last.attn.probabilities(last.norm1(x))
+        return probs
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
