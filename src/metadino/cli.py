@@ -166,11 +166,19 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                   --conditional-leakage plate:cell_line,well:cell_line+antibody \\
                   --purity-columns cell_line,antibody --out runs/first/report
 
+              metadino eval runs/first --table meta.csv --label-column label \\
+                  --train-rows split=train --test-rows split=test \\
+                  --region-columns x0,y0,x1,y1 --show 8 --out runs/first/report
+
             --conditional-leakage plate:cell_line reports how much better plate is decoded from the
             embedding plus the cell line than from the cell line alone (≈ 0: the embedding knows nothing
             about plate beyond the cell line). --purity-columns gives each column's leave-one-out k-NN
             accuracy on the embedding's own neighbour graph; with --group-column, also the share of
             same-label neighbours from the same group (e.g. plate), next to its chance level.
+            --region-columns (a box, pixels of the original image) or --mask-column (mask files) name each
+            test row's annotated object, as crops.label_guided does: the share of the last block's CLS
+            attention inside it and the pointing-game hit rate, next to a uniform map's (chance).
+            --show N adds the `metadino show` panel of N test images to the report.
             """
         ),
     )
@@ -193,11 +201,58 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--feature", default="cls", choices=("cls", "cls+mean"), help="embedding for k-NN, linear and leakage")
     p.add_argument("--k", type=int, default=20, help="k-NN neighbours (default 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="k-NN vote temperature (default 0.07)")
+    p.add_argument("--region-columns", default="", metavar="X0,Y0,X1,Y1",
+                   help="four box columns (pixels of the original image, x1/y1 exclusive): score the CLS attention "
+                        "against each test row's box")
+    p.add_argument("--mask-column", default=None, metavar="M", help="or a column of mask files (non-zero = the object)")
+    p.add_argument("--show", type=int, default=0, metavar="N", help="add the attention / PCA panel of N test images "
+                   "to the report (default 0: none)")
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json, report.md and plots/")
     _add_table_options(p)
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache "
                    "(default location: $METADINO_CACHE or ~/.cache/metadino)")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _add_show(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "show",
+        help="draw what models look at: CLS attention and patch-feature PCA, side by side",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            For N images of a table (spread evenly over the selected rows), one row each: the input, then per
+            MODEL the last block's CLS attention averaged over the heads, and the first three principal
+            components of its patch tokens as red, green and blue (PCA fitted per model over the shown images'
+            patches). Every MODEL sees the images as eval and embed prepare them (its preprocessing.json).
+            Writes FIG.png and FIG.heads.png (every head's map). The input is composited to RGB: 1 channel
+            grey, 3 channels as RGB, other counts one colour per channel in order (blue, green, red, yellow,
+            magenta, cyan, orange, purple), each channel scaled to its 1st-99.5th percentile; --rgb-channels
+            picks up to three channels as red, green, blue instead. Each map has its own colour scale.
+
+            examples:
+              metadino show metadino:synthcell-vit-tiny runs/adapted --table meta.csv --rows split=test \\
+                  --out show.png
+              metadino show hf:facebook/dinov2-small --table meta.csv --n 4 --label-column label --out dinov2.png
+              metadino show runs/hpa --data-config hpa.data.yaml --table hpa.csv --rgb-channels 0,1,2 \\
+                  --out hpa.png --overwrite
+            """
+        ),
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help="run dir, export dir, metadino:<name>, hf:<id> or "
+                   "local HF directory; several are shown side by side")
+    p.add_argument("--table", type=Path, required=True, help="CSV/TSV/Parquet metadata table")
+    p.add_argument("--rows", default=None, metavar="K=V[,K=V]", help="row filter, e.g. split=test (default: all rows)")
+    p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
+    p.add_argument("--label-column", default=None, help="a column to print under each image's row number")
+    p.add_argument("--rgb-channels", default=None, metavar="I[,J,K]",
+                   help="show these channels (0-based) as red, green, blue instead of the default composite")
+    p.add_argument("--out", type=Path, required=True, help="the figure to write (.png); FIG.heads.png goes beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace existing figures")
+    p.add_argument("--image-column", default="path", help="column with image paths (default: path)")
+    p.add_argument("--root", default=None, help="folder relative image paths start from (default: the table's folder)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    _add_model_input_options(p)
 
 
 def _add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -339,6 +394,15 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
         raise UserError(f"{flag} '{text}' is not a comma list of numbers, e.g. 0.485,0.456,0.406.") from None
 
 
+def _ints(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(f"{flag} '{text}' is not a comma list of channel indices, e.g. 3,0,1.") from None
+
+
 def _model_loader(args: argparse.Namespace, spec: str) -> Callable[[], tuple[Any, Any]]:
     """Load MODEL with the input options of the command line; says on stderr which preprocessing is used."""
 
@@ -406,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(sub)
     _add_eval(sub)
     _add_inspect(sub)
+    _add_show(sub)
     _add_import(sub)
     _add_config(sub)
     return parser
@@ -475,13 +540,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         test_rows=parse_rows(args.test_rows), val_rows=parse_rows(args.val_rows), group_column=args.group_column,
         probes=_columns(args.probes), leakage_columns=_columns(args.leakage_columns),
         conditional_leakage=parse_conditional(args.conditional_leakage), purity_columns=_columns(args.purity_columns),
-        out=args.out,
+        region_columns=_columns(args.region_columns), mask_column=args.mask_column, show=args.show, out=args.out,
         image_column=args.image_column, root=root, feature=args.feature, k=args.k, temperature=args.temperature,
         batch_size=args.batch_size, device=resolve_device(args.device), cache_dir=None if args.no_cache else "default",
         num_workers=args.num_workers, layout=layout, read=read,
         seed=args.seed, progress=not args.quiet,
     )
-    from metadino.eval.report import conditional_table_md, leakage_table_md, metrics_table, purity_table_md
+    from metadino.eval.report import (
+        conditional_table_md,
+        leakage_table_md,
+        localisation_table_md,
+        metrics_table,
+        purity_table_md,
+    )
 
     print(metrics_table(metrics))
     if metrics["leakage_details"]:
@@ -493,6 +564,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if metrics["purity"] or metrics["purity_test"]:
         print()
         print(purity_table_md(metrics["purity"], metrics["purity_test"]))
+    if metrics["localisation"]:
+        print()
+        print(localisation_table_md(metrics["localisation"]))
     print(f"\nwrote {args.out / 'metrics.json'} and {args.out / 'report.md'}")
     return 0
 
@@ -509,6 +583,26 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         num_workers=args.num_workers, layout=layout, read=read,
     )
     print(text)
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from metadino.data.table import load_table
+    from metadino.device import resolve_device
+    from metadino.eval.show import check_show_out, write_show
+
+    check_show_out(args.out, overwrite=args.overwrite)  # before loading anything
+    if not 1 <= args.n <= 64:
+        raise UserError(f"--n must be between 1 and 64, got {args.n}.")
+    rgb_channels = _ints(args.rgb_channels, "--rgb-channels")
+    layout, read, root = _data_layout(args)
+    table = load_table(args.table, image_column=args.image_column, root=root, rows=parse_rows(args.rows),
+                       required_columns=[args.label_column] if args.label_column else [], layout=layout, read=read)
+    models = [(spec, *_model_loader(args, spec)()) for spec in args.models]
+    main_fig, heads_fig = write_show(models, table, args.out, overwrite=args.overwrite, n=args.n,
+                                     device=resolve_device(args.device), label_column=args.label_column,
+                                     rgb_channels=rgb_channels)
+    print(f"wrote {main_fig} and {heads_fig}")
     return 0
 
 
@@ -552,6 +646,7 @@ COMMANDS = {
     "demo": _cmd_demo,
     "eval": _cmd_eval,
     "inspect": _cmd_inspect,
+    "show": _cmd_show,
     "import": _cmd_import,
     "config": _cmd_config,
 }

@@ -173,6 +173,7 @@ def evaluate(
     val_rows: Mapping[str, Any] | None = None, group_column: str | None = None,
     probes: Sequence[str] = ("knn", "linear"), leakage_columns: Sequence[str] = (),
     conditional_leakage: Mapping[str, Sequence[str]] | None = None, purity_columns: Sequence[str] = (),
+    region_columns: Sequence[str] = (), mask_column: str | None = None, show: int = 0,
     image_column: str = "path", root: str | None = None, feature: str = "cls", k: int = 20, temperature: float = 0.07,
     leakage_folds: int = 5, batch_size: int = 64, device: str | torch.device = "cpu", cache_dir: Path | None | str = "default",
     num_workers: int = 0, layout: ImageLayout | None = None, read: ReadOptions = DEFAULT_READ,
@@ -187,10 +188,17 @@ def evaluate(
     accuracy on the embedding's own k-NN graph (`k` neighbours); with `group_column`, the same-group share among
     same-label neighbours (label: `label_column`) is reported too (:mod:`metadino.eval.purity`). `layout` and `read`
     say how the table names and decodes its images (channel files, stack items, tiles; ``data.read``), as in training.
+
+    `region_columns` (four box columns x0, y0, x1, y1) or `mask_column` name each test row's annotated region (as
+    ``crops.label_guided``): the last block's CLS attention is scored against it (``metrics["localisation"]``,
+    :mod:`metadino.eval.localisation`). `show` > 0 puts the attention / PCA panel of that many test images into the
+    report (:mod:`metadino.eval.show`).
     """
     t0 = time.perf_counter()
     probes = _check_probes(probes, feature, k, temperature)
-    required = [label_column, *([group_column] if group_column else []), *leakage_columns]
+    region_columns = _check_region_options(region_columns, mask_column, show)
+    required = [label_column, *([group_column] if group_column else []), *leakage_columns, *region_columns,
+                *([mask_column] if mask_column else [])]
     rows = {"train": train_rows, **({"val": val_rows} if val_rows else {}), "test": test_rows}
     splits = [_load_split(name, table, r, image_column, root, required, layout, read) for name, r in rows.items()]
     by_name = {s.name: s for s in splits}
@@ -199,6 +207,11 @@ def evaluate(
     _check_leakage_columns(leakage_columns, train_frame)  # fail before any compute, not after feature extraction
     conditional_leakage = _check_conditional(conditional_leakage or {}, train_frame)
     purity_columns = _check_purity(purity_columns, train_frame)
+    regions = None
+    if region_columns or mask_column:
+        from metadino.data.regions import load_regions
+
+        regions = load_regions(by_name["test"].table, bbox_columns=region_columns, mask_column=mask_column, root=root)
 
     backbone, pre = load()
     out = Path(out)
@@ -219,6 +232,9 @@ def evaluate(
         "conditional_leakage": _conditional(x_train, train.table.frame, conditional_leakage, folds=leakage_folds,
                                             seed=seed, progress=progress),
         **_purity(train, test, feature, purity_columns, label_column, group_column, k, device),
+        "localisation": {} if regions is None else _localisation(backbone, test, regions, pre, batch_size=batch_size,
+                                                                 device=device, num_workers=num_workers,
+                                                                 progress=progress),
         "info": {
             "model": model, "table": str(Path(table)), "label_column": label_column, "classes": labels.classes,
             "multilabel": labels.multilabel, "feature": feature,
@@ -235,9 +251,36 @@ def evaluate(
     if report:
         from metadino.eval.report import write_report
 
+        shown = None
+        if show:
+            from metadino.eval.show import show_panels
+
+            shown = show_panels([(model, backbone, pre)], by_name["test"].table, n=show, device=device,
+                                title=f"{show} test images")
         write_report(out, metrics, splits=splits, feature=feature, label_column=label_column,
-                     leakage_columns=leakage_columns, y_test=y_test, predictions=predictions, model=model, title=title)
+                     leakage_columns=leakage_columns, y_test=y_test, predictions=predictions, model=model, title=title,
+                     show=shown)
     return metrics
+
+
+def _check_region_options(region_columns: Sequence[str], mask_column: str | None, show: int) -> list[str]:
+    columns = list(region_columns)
+    if columns and mask_column:
+        raise UserError("give --region-columns (a box) or --mask-column (a mask), not both.")
+    if columns and (len(columns) != 4 or len(set(columns)) != 4):
+        raise UserError(f"--region-columns needs four different columns x0,y0,x1,y1 (pixels of the original image), "
+                        f"got {','.join(columns)}.")
+    if show < 0:
+        raise UserError(f"--show must be >= 0 (the number of test images shown), got {show}.")
+    return columns
+
+
+def _localisation(backbone: Backbone, test: Split, regions: Any, pre: Preprocessing, *, batch_size: int,
+                  device: str | torch.device, num_workers: int, progress: bool) -> dict[str, Any]:
+    from metadino.eval.localisation import localisation_metrics
+
+    return localisation_metrics(backbone, test.table, regions, pre, batch_size=batch_size, device=device,
+                                num_workers=num_workers, progress=progress, rows=test.name)
 
 
 def _check_leakage_columns(columns: Sequence[str], frame: Any) -> None:

@@ -98,6 +98,18 @@ def purity_table_md(*blocks: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def localisation_table_md(loc: dict[str, Any]) -> str:
+    """One line per measure of ``metrics["localisation"]``: value, chance, best head, rows."""
+    lines = ["| measure | rows | value | chance | best head | n | without region | cut off by the crop |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, name in (("attention_mass", "attention mass inside the region"), ("pointing_game", "pointing game")):
+        heads = loc.get("per_head", {}).get(key) or []
+        best = f"{max(heads):.3f} (head {int(np.argmax(heads))})" if heads else "–"
+        lines.append(f"| {name} ({loc['region']}) | {loc['rows']} | {_fmt(loc[key])} | {_fmt(loc[key + '_chance'])} | "
+                     f"{best} | {loc['n_rows']} | {loc['n_without_region']} | {loc['n_outside_view']} |")
+    return "\n".join(lines)
+
+
 def pca_2d(x: np.ndarray) -> np.ndarray:
     """First two principal components [N, 2] (deterministic sign: largest loading positive)."""
     x = x - x.mean(axis=0, keepdims=True)
@@ -230,7 +242,9 @@ def write_report(
     predictions: dict[str, np.ndarray],
     model: str,
     title: str | None = None,
+    show: Any = None,
 ) -> Path:
+    """DIR/report.md and DIR/plots/; `show` (:class:`metadino.eval.show.ShowPanels`) adds the attention / PCA panel."""
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     info = metrics["info"]
@@ -267,6 +281,11 @@ def write_report(
                   "embedding groups by acquisition batch inside a class.", "", purity_table_md(*blocks)]
         lines += [f"- {b['rows']} rows: {n}" for b in blocks if b for n in b.get("notes", [])]
 
+    if metrics.get("localisation"):
+        lines += ["", "## Localisation (last block's CLS attention vs the annotated regions)", "",
+                  "Attention mass: the share of the CLS -> patch attention (mean of the heads) inside the region; "
+                  "pointing game: the share of images whose attention maximum touches the region; chance: a uniform "
+                  "map.", "", localisation_table_md(metrics["localisation"])]
     lines += ["", "## Plots", ""]
     frames = [s.table.frame for s in splits]
     import pandas as pd
@@ -281,6 +300,13 @@ def write_report(
         pred = predictions[shown_probe].argmax(axis=1)
         plot_confusion(plots / "confusion.png", y_test, pred, info["classes"], f"{PROBE_TITLES[shown_probe]} on the test rows")
         lines += [f"![confusion matrix ({shown_probe})](plots/confusion.png)", ""]
+    if show is not None:
+        from metadino.eval.show import plot_heads, plot_show
+
+        plot_show(show, plots / "show.png")
+        plot_heads(show, plots / "show_heads.png")
+        lines += ["![CLS attention and patch PCA](plots/show.png)", "",
+                  "![CLS attention per head](plots/show_heads.png)", ""]
     run_metrics = Path(model) / "metrics.jsonl"
     if run_metrics.is_file():
         if plot_training_curves(plots / "training.png", read_metrics_jsonl(run_metrics), _dino_out_dim(Path(model))):
