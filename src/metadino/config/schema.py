@@ -13,7 +13,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "fp16"]
 SSLMethod = Literal["dinov1", "dinov2"]
 # The augmentation presets of the data layer (metadino.data.photometric.PHOTOMETRIC_PRESETS; a test keeps the two
 # equal). Spelled out here so that the config layer imports nothing from the layers below it.
@@ -358,7 +358,12 @@ class TrainConfig:
     seed: int = opt(0, "Seed of every random choice (initialisation, crops, masks).")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps.")
     num_workers: int = opt(2, "Data-loader processes (results do not depend on it).")
-    precision: Precision = opt("fp32", "fp32, or bf16 (autocast; on CPU and GPU).")
+    precision: Precision = opt(
+        "fp32",
+        "fp32; bf16 (autocast, CPU and GPU); or fp16 (autocast with a dynamic loss scale, for GPUs without bf16, as "
+        "FINO trained): a step whose gradients overflow is skipped — weights, optimizer moments, EMA teacher, centres "
+        "and prototypes untouched, the schedules do not advance — and the scale halves; its batch is used up.",
+    )
     checkpoint_every: int = opt(500, "Steps between checkpoints.")
     keep_checkpoints: int = opt(2, "Newest checkpoints kept in the run directory.")
     log_every: int = opt(10, "Steps between log lines.")

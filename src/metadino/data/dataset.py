@@ -111,14 +111,16 @@ def collate_crops(samples: Sequence[dict[str, Any]]) -> Batch:
 
 
 class StepSampler(Sampler[list[tuple[int, int]]]):
-    """Batch sampler yielding, for steps ``start_step .. total_steps-1``, this rank's ``(epoch, index)`` list."""
+    """Batch sampler yielding, for batch positions ``start_step .. total_steps-1`` (``total_steps`` None: without end),
+    this rank's ``(epoch, index)`` list. The position is the optimizer step, except under fp16, where a step whose
+    gradients overflowed uses up a batch but not a step (the run records its data position for exact resume)."""
 
     def __init__(
         self,
         n_items: int,
         *,
         batch_size: int,
-        total_steps: int,
+        total_steps: int | None,
         seed: int,
         start_step: int = 0,
         rank: int = 0,
@@ -136,6 +138,8 @@ class StepSampler(Sampler[list[tuple[int, int]]]):
         self._perm_cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
+        if self.total_steps is None:
+            raise TypeError("an unbounded StepSampler has no length")
         return max(self.total_steps - self.start_step, 0)
 
     def permutation(self, epoch: int) -> torch.Tensor:
@@ -157,8 +161,10 @@ class StepSampler(Sampler[list[tuple[int, int]]]):
         return out
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for step in range(self.start_step, self.total_steps):
+        step = self.start_step
+        while self.total_steps is None or step < self.total_steps:
             yield self.batch(step)
+            step += 1
 
 
 class EvalDataset(Dataset[torch.Tensor]):

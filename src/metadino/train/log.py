@@ -37,6 +37,7 @@ class StepLog:
         self._file: IO[str] | None = None
         self._t_last = time.perf_counter()
         self._images = 0
+        self._waited = 0.0
 
     def __enter__(self) -> StepLog:
         if self.is_main:
@@ -75,9 +76,19 @@ class StepLog:
             tqdm.write(f"warning: step {step} skipped, its loss is not finite ({total_skipped} skipped so far)", file=sys.stderr)
         self._bar.update(1)
 
-    def step(self, step: int, out: StepOutput, sched: dict[str, float], grad_norms: dict[str, float]) -> None:
-        """After optimizer step `step` (1-based count of steps done)."""
+    def overflow(self, step: int, scale: float) -> None:
+        """An fp16 step whose gradients overflowed: skipped, the loss scale lowered to `scale` (one record)."""
+        record = {"step": step, "overflow": 1.0, "loss_scale": float(scale)}
+        self.history.append(record)
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def step(self, step: int, out: StepOutput, sched: dict[str, float], grad_norms: dict[str, float], *,
+             data_wait: float = 0.0) -> None:
+        """After optimizer step `step` (1-based count of steps done); `data_wait`: seconds it waited for its batch."""
         self._images += self.global_batch
+        self._waited += data_wait
         if self.watch is not None:
             warning = self.watch.update(step, float(out.terms["dino"].detach()))
             if warning and self.is_main:
@@ -93,8 +104,10 @@ class StepLog:
         now = time.perf_counter()
         values = {k: float(v.detach()) for k, v in out.terms.items()}
         values = mean_across_ranks({**values, **{k: float(v) for k, v in out.metrics.items()}}, self.device)
-        record = {"step": step, **values, **sched, **grad_norms, "images_per_s": self._images / max(now - self._t_last, 1e-9)}
-        self._t_last, self._images = now, 0
+        elapsed = max(now - self._t_last, 1e-9)
+        record = {"step": step, **values, **sched, **grad_norms, "images_per_s": self._images / elapsed,
+                  "data_wait_share": min(self._waited / elapsed, 1.0)}
+        self._t_last, self._images, self._waited = now, 0, 0.0
         self.history.append(record)
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")

@@ -33,7 +33,10 @@ from metadino.train.run import Run, build_run
 from metadino.train.stop import StopRequest
 from metadino.train.task import StepOutput
 
-__all__ = ["TrainResult", "TrainingDiverged", "fit", "train"]
+__all__ = ["MAX_OVERFLOWS_IN_A_ROW", "TrainResult", "TrainingDiverged", "fit", "train"]
+
+# fp16: a loss scale halved this many times in a row (65536 -> ~1e-8) is no longer an overflow but a divergence
+MAX_OVERFLOWS_IN_A_ROW = 40
 
 
 class TrainingDiverged(UserError):
@@ -85,9 +88,17 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
                   watch=run.watch, guide_columns=guide_columns)
     t_start = time.perf_counter()
     task.train()
-    step, skipped = run.start_step, run.skipped_steps
+    step, skipped, position, overflows = run.start_step, run.skipped_steps, run.data_position, 0
+    scaler = run.scaler
     with StopRequest() as stop, log:
-        for batch in run.batches:
+        batches = iter(run.batches)
+        while step < run.end_step:
+            waiting = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            waited = time.perf_counter() - waiting  # the step waited this long for data (logged as a share)
+            position += 1
             sched = run.schedule(step)
             apply_optim_schedule(optimizer, lr=sched["lr"], weight_decay=sched["weight_decay"],
                                  last_layer_lr=sched["last_layer_lr"], backbone_scale=sched["backbone_scale"])
@@ -97,15 +108,29 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
             finite = all_ranks_true(bool(torch.isfinite(out.loss).item()), run.device)
             if finite:
                 optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()  # type: ignore[no-untyped-call]  # torch.Tensor.backward is unannotated
+                loss = out.loss if scaler is None else scaler.scale(out.loss.float())
+                loss.backward()  # type: ignore[no-untyped-call]  # torch.Tensor.backward is unannotated
+                if scaler is not None:
+                    scaler.unscale_(optimizer)  # clip and log the true gradients
                 grad_norms = _clip(run.clip_groups, run.clip_grad)
-                # a finite loss can still overflow in backward (bf16): never step on a non-finite gradient
+                # a finite loss can still overflow in backward (bf16, fp16): never step on a non-finite gradient
                 finite = all_ranks_true(all(math.isfinite(v) for v in grad_norms.values()), run.device)
+                if not finite and scaler is not None:
+                    # fp16 overflow: nothing moves and the step is not taken; a smaller scale, the next batch
+                    scaler.update()
+                    overflows += 1
+                    if overflows > MAX_OVERFLOWS_IN_A_ROW:
+                        raise TrainingDiverged(_divergence_message(run, step, out, batch, skipped))
+                    log.overflow(step, scaler.get_scale())
+                    continue
             if finite:
                 optimizer.step()
+                if scaler is not None:
+                    scaler.update()
+                overflows = 0
                 task.commit(sched["momentum"])
                 step += 1
-                log.step(step, out, sched, grad_norms)
+                log.step(step, out, sched, grad_norms, data_wait=waited)
             elif run.on_nonfinite == "skip" and skipped < run.max_skipped_steps:
                 # nothing moves: no backward, no optimizer step, no commit (the forward's pending updates are dropped)
                 skipped += 1
@@ -115,7 +140,7 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
                 raise TrainingDiverged(_divergence_message(run, step, out, batch, skipped))
             stop_now = not all_ranks_true(not stop.requested, run.device)
             if step % run.checkpoint_every == 0 or step == run.end_step or stop_now:
-                _save(run, step, skipped)
+                _save(run, step, skipped, position)
             if stop_now:
                 break
     if run.dist.enabled:
@@ -170,11 +195,12 @@ def _clip(groups: dict[str, list[torch.nn.Parameter]], max_norm: float) -> dict[
             if params}
 
 
-def _save(run: Run, step: int, skipped: int) -> None:
+def _save(run: Run, step: int, skipped: int, position: int) -> None:
     rng = gather_rng(run.device)  # collective: every rank takes part
     if run.dist.is_main:
         state = {"task": run.task.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": rng,
-                 "skipped_steps": skipped, **run.checkpoint_meta}
+                 "skipped_steps": skipped, "data_position": position,
+                 "scaler": None if run.scaler is None else run.scaler.state_dict(), **run.checkpoint_meta}
         try:
             save_checkpoint(run.dir, step, state, keep=run.keep_checkpoints)
         except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError("... file write failed")

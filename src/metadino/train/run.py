@@ -69,6 +69,7 @@ from metadino.train.watch import UniformTargetWatch
 
 __all__ = ["RUN_MARKER", "Run", "build_run", "saved_config"]
 
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 RUN_MARKER = ".metadino-run"  # a folder holding it is a run directory (train may write into it)
 STALE_ON_RESTART = ("metrics.jsonl", SKIPPED_ROWS_FILE)  # an earlier run's log when it never reached a checkpoint
 
@@ -106,6 +107,8 @@ class Run:
     max_skipped_steps: int = 0
     skipped_steps: int = 0  # non-finite steps skipped before this process (from the checkpoint): one budget per run
     table: MetadataTable | None = None  # the training rows: the divergence message names a batch's rows
+    scaler: torch.amp.GradScaler | None = None  # fp16: the dynamic loss scale (its state is in every checkpoint)
+    data_position: int = 0  # batches used before this process: the step, plus fp16 overflow steps (their batches)
 
 
 def _check_run_dir(run_dir: Path, *, resume: bool, stop_after: int | None) -> None:
@@ -225,25 +228,30 @@ def _build_task(cfg: Config, encoders: dict[str, ColumnEncoder], device: torch.d
 
 
 def _restore(run_dir: Path, task: SSLTask, optimizer: torch.optim.Optimizer, cfg: Config, table: MetadataTable,
-             device: torch.device, info: DistInfo) -> tuple[int, int]:
-    """Load the newest checkpoint into `task` and `optimizer`, restore this rank's RNG; returns its step and the
-    number of non-finite steps skipped so far."""
+             device: torch.device, info: DistInfo, scaler: torch.amp.GradScaler | None) -> tuple[int, int, int]:
+    """Load the newest checkpoint into `task`, `optimizer` and `scaler`, restore this rank's RNG; returns its step,
+    the number of non-finite steps skipped so far and the data position (batches used)."""
     state = load_latest_checkpoint(run_dir)
     _check_resume_compatible(state, cfg, run_dir, table)
     task.load_state_dict(state["task"])
     optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     rng = state["rng"]
     if len(rng) != info.world_size:
         raise UserError(f"cannot resume '{run_dir}' exactly: it was saved with {len(rng)} process(es), now {info.world_size}.")
     restore_rng(rng[info.rank], device)
-    return int(state["step"]), int(state.get("skipped_steps", 0))
+    step = int(state["step"])
+    return step, int(state.get("skipped_steps", 0)), int(state.get("data_position", step))
 
 
 def _loader(cfg: Config, table: MetadataTable, encoders: dict[str, ColumnEncoder], regions: Any, patch_size: int,
-            device: torch.device, info: DistInfo, start_step: int, end_step: int) -> DataLoader[Any]:
+            device: torch.device, info: DistInfo, start: int, end_step: int) -> DataLoader[Any]:
+    """Batches from data position `start`; under fp16 without end (an overflow step uses a batch, not a step: the
+    loop stops at its end step)."""
     t = cfg.train
-    sampler = StepSampler(len(table), batch_size=t.batch_size, total_steps=end_step, seed=t.seed, start_step=start_step,
-                          rank=info.rank, world_size=info.world_size)
+    sampler = StepSampler(len(table), batch_size=t.batch_size, total_steps=None if t.precision == "fp16" else end_step,
+                          seed=t.seed, start_step=start, rank=info.rank, world_size=info.world_size)
     targets = TableTargets.from_table(table, encoders) if encoders else None
     dataset = SSLDataset(table, build_augmentation(cfg, patch_size), seed=t.seed, in_chans=cfg.model.in_chans,
                          targets=targets, regions=regions, options=build_read_options(cfg))
@@ -281,10 +289,11 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
     task = _build_task(cfg, encoders, device)
     optimizer = build_optimizer(cfg, task)
     trainable, total_params, summary = _summary(task, cfg)
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
     if resume:
-        start_step, skipped_steps = _restore(run_dir, task, optimizer, cfg, table, device, info)
+        start_step, skipped_steps, data_position = _restore(run_dir, task, optimizer, cfg, table, device, info, scaler)
     else:
-        start_step, skipped_steps = 0, 0
+        start_step, skipped_steps, data_position = 0, 0, 0
         torch.manual_seed(cfg.train.seed + 1_000_003 * (info.rank + 1))  # per-rank drop-path streams, after the init
     total = cfg.train.steps
     end_step = min(total, stop_after) if stop_after is not None else total
@@ -309,8 +318,10 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
     precision = cfg.train.precision
     return Run(
         dir=run_dir, device=device, dist=info, task=task, optimizer=optimizer, schedule=build_schedule(cfg),
-        batches=_loader(cfg, table, encoders, regions, task.student.backbone.patch_size, device, info, start_step, end_step),
-        autocast=lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+        batches=_loader(cfg, table, encoders, regions, task.student.backbone.patch_size, device, info, data_position,
+                        end_step),
+        autocast=lambda: torch.autocast(device_type=device.type, dtype=_AUTOCAST.get(precision, torch.float32),
+                                        enabled=precision in _AUTOCAST),
         clip_groups=task.clip_groups(), clip_grad=cfg.optim.clip_grad,
         start_step=start_step, end_step=end_step, total_steps=total, global_batch=cfg.train.batch_size * info.world_size,
         log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=cfg.train.keep_checkpoints,
@@ -321,5 +332,5 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
         if cfg.ssl.dino_loss_weight > 0 else None,
         trainable_params=trainable, total_params=total_params, summary=summary, lock=lock,
         on_nonfinite=cfg.train.on_nonfinite, max_skipped_steps=cfg.train.max_skipped_steps, table=table,
-        skipped_steps=skipped_steps,
+        skipped_steps=skipped_steps, scaler=scaler, data_position=data_position,
     )
