@@ -102,3 +102,19 @@ def test_write_show_writes_two_pngs_and_never_overwrites_without_asking(setup) -
     write_show(models, table, out, n=2, overwrite=True)
     with pytest.raises(UserError, match=r"must end in \.png"):
         check_show_out(tmp / "show.jpg", overwrite=False)
+
+
+def test_panels_of_a_transformers_model_with_registers(setup) -> None:
+    from metadino.models.hf import HFBackbone
+    from metadino.models.preprocessing import Preprocessing
+    from testkit import tiny_hf_model
+
+    table_path, a, _, _ = setup
+    table = load_table(table_path)
+    hf = HFBackbone(tiny_hf_model("dinov2_reg")).eval()
+    pre = Preprocessing(image_size=24, in_chans=3, patch_size=8, photometric="natural")
+    panels = show_panels([("a", *load_model(str(a))), ("hf", hf, pre)], table, n=2)
+    mp = panels.models[1]
+    assert mp.heads.shape == (2, 2, 3, 3) and mp.pca.shape == (2, 3, 3, 3)  # its own 24 px view: a 3 x 3 grid
+    np.testing.assert_allclose(mp.heads.reshape(2, 2, -1).sum(-1), 1.0, rtol=1e-5)  # registers left out
+    assert hf.model.config._attn_implementation == "sdpa"

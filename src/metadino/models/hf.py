@@ -146,11 +146,18 @@ class HFBackbone(Backbone):
         if not hasattr(model, "set_attn_implementation") and hasattr(model, "get_base_model"):
             model = model.get_base_model()  # peft wrapper
         before = model.config._attn_implementation
-        model.set_attn_implementation("eager")
+
+        def use(implementation: str) -> None:
+            if hasattr(model, "set_attn_implementation"):
+                model.set_attn_implementation(implementation)
+            else:  # older transformers: every attention module reads the shared config at call time
+                model.config._attn_implementation = implementation
+
+        use("eager")
         try:
             out = self.model(pixel_values=images, bool_masked_pos=self._masked_pos(masks), output_attentions=True)
         finally:
-            model.set_attn_implementation(before)
+            use(before)
         attentions = list(out.attentions or [])
         if len(attentions) < self.depth:
             raise RuntimeError(f"{self.hf_class} returned {len(attentions)} attention maps for {self.depth} blocks")
