@@ -14,6 +14,7 @@ from metadino.data.photometric.ops import (
     adjust_hue,
     adjust_saturation,
     blur_kernel_size,
+    channel_std,
     gaussian_blur,
     hsv_to_rgb,
     intensity_jitter,
@@ -133,3 +134,83 @@ def test_rescale_and_window() -> None:
     torch.testing.assert_close(
         intensity_window(torch.tensor([0.0, 0.3, 0.5, 0.7, 1.0]), 0.5, 0.4), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0])
     )
+
+
+def _hsv_d3b9de9(img: torch.Tensor) -> torch.Tensor:
+    """rgb_to_hsv as it was at d3b9de9 (max/min with indices, 0/1-masked sector terms)."""
+    r, g, b = img.unbind(dim=-3)
+    maxc, minc = img.max(dim=-3).values, img.min(dim=-3).values
+    eqc = maxc == minc
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eqc, ones, maxc)
+    div = torch.where(eqc, ones, cr)
+    rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    return torch.stack((torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0), s, maxc), dim=-3)
+
+
+def _rgb_d3b9de9(hsv: torch.Tensor) -> torch.Tensor:
+    """hsv_to_rgb as it was at d3b9de9 (18 stacked candidates and a gather)."""
+    h, s, v = hsv.unbind(dim=-3)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    sector = i.to(torch.int64) % 6
+    p, q = (v * (1.0 - s)).clamp(0.0, 1.0), (v * (1.0 - s * f)).clamp(0.0, 1.0)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
+    cand = torch.stack((torch.stack((v, q, p, p, t, v), dim=-3), torch.stack((t, v, v, q, p, p), dim=-3),
+                        torch.stack((p, p, t, v, v, q), dim=-3)), dim=-4)
+    index = sector.unsqueeze(-3).unsqueeze(-3).expand(*cand.shape[:-3], 1, *cand.shape[-2:])
+    return cand.gather(-3, index).squeeze(-3)
+
+
+def _colour_cases() -> torch.Tensor:
+    """Random pixels plus the edge cases: gray, ties between channels, primaries, 0 and 1, 16-bit steps."""
+    x = torch.rand(3, 40, 50, generator=make_generator(5))
+    x[:, 0, :10] = x[0, 0, :10]  # gray
+    x[1, 1, :10] = x[0, 1, :10]  # r == g
+    x[2, 2, :10] = x[1, 2, :10]  # g == b
+    x[:, 3, :3] = torch.eye(3)
+    x[:, 4, :4] = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
+    x[:, 5:10] = torch.round(x[:, 5:10] * 65535) / 65535
+    return x
+
+
+def test_hsv_ops_give_the_d3b9de9_values_bit_for_bit() -> None:
+    x = _colour_cases()
+    assert torch.equal(rgb_to_hsv(x), _hsv_d3b9de9(x))
+    hsv = _hsv_d3b9de9(x)
+    assert torch.equal(hsv_to_rgb(hsv), _rgb_d3b9de9(hsv))
+    for factor in (-0.5, -0.1, -1e-7, 0.0, 0.03, 0.1, 0.5):
+        h, s, v = hsv.unbind(dim=-3)
+        old = _rgb_d3b9de9(torch.stack(((h + factor) % 1.0, s, v), dim=-3))
+        assert torch.equal(adjust_hue(x, factor), old), factor
+    batch = torch.stack((x, x.flip(-1)))  # [..., 3, H, W] inputs keep working
+    assert torch.equal(hsv_to_rgb(rgb_to_hsv(batch)), _rgb_d3b9de9(_hsv_d3b9de9(batch)))
+
+
+def test_blends_give_the_d3b9de9_values() -> None:
+    x = _colour_cases()
+    gray = (0.2989 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
+    assert torch.equal(rgb_to_grayscale(x), gray)
+    for f in (0.0, 0.6, 1.0, 1.4):
+        assert torch.equal(adjust_brightness(x, f), (f * x + (1.0 - f) * torch.zeros_like(x)).clamp(0, 1))
+        assert torch.equal(adjust_saturation(x, f), (f * x + (1.0 - f) * gray).clamp(0, 1))
+        m = gray.mean(dim=(-3, -2, -1), keepdim=True)
+        assert torch.equal(adjust_contrast(x, f), (f * x + (1.0 - f) * m).clamp(0, 1))
+
+
+def test_channel_std_equals_the_dim_std() -> None:
+    """The per-channel full reduction (and its fallback for faint or constant channels, mean/std > 30) gives
+    the float32 value of std(dim=(-2, -1)) on image-like data, offsets up to 1e4 x std included."""
+    g = make_generator(6)
+    for trial in range(300):
+        c, h, w = 1 + trial % 5, 7 + trial % 50, 5 + (3 * trial) % 60
+        x = torch.rand(c, h, w, generator=g) * (10.0 ** (trial % 7 - 4)) + torch.rand(c, 1, 1, generator=g) * 3
+        if trial % 4 == 0:
+            x = torch.round(x.clamp(0, 1) * 65535) / 65535
+        assert torch.equal(channel_std(x), x.std(dim=(-2, -1), keepdim=True, correction=0)), trial
+    assert torch.equal(channel_std(torch.full((2, 5, 5), 0.3)), torch.zeros(2, 1, 1))
+    assert torch.equal(self_normalize(torch.full((2, 5, 5), 0.3)), torch.zeros(2, 5, 5))

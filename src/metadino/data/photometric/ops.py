@@ -14,17 +14,25 @@ import torch.nn.functional as F
 def rgb_to_grayscale(img: torch.Tensor) -> torch.Tensor:
     """ITU-R 601-2 luma. Args: img [..., 3, H, W]. Returns [..., 1, H, W]."""
     r, g, b = img.unbind(dim=-3)
-    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
+    # (0.2989 r + 0.587 g) + 0.114 b, the same roundings as the plain expression, in one output buffer
+    out = r * 0.2989
+    out += g * 0.587
+    out += b * 0.114
+    return out.unsqueeze(-3)
 
 
-def _blend(img1: torch.Tensor, img2: torch.Tensor, ratio: float) -> torch.Tensor:
-    # torchvision clamps float blends to [0, 1]: these ops assume images in [0, 1]
-    return (ratio * img1 + (1.0 - ratio) * img2).clamp(0.0, 1.0)
+def _blend(img1: torch.Tensor, img2: torch.Tensor | None, ratio: float) -> torch.Tensor:
+    """clamp(ratio * img1 + (1 - ratio) * img2, 0, 1); img2 None means zeros (torchvision clamps float blends
+    to [0, 1]: these ops assume images in [0, 1])."""
+    out = img1 * ratio
+    if img2 is not None:  # adding (1 - ratio) * 0 would change nothing but the sign of a zero
+        out += img2 * (1.0 - ratio)
+    return out.clamp_(0.0, 1.0)
 
 
 def adjust_brightness(img: torch.Tensor, factor: float) -> torch.Tensor:
     """clamp(factor * img, 0, 1). Args: img [..., C, H, W] in [0, 1]."""
-    return _blend(img, torch.zeros_like(img), factor)
+    return _blend(img, None, factor)
 
 
 def adjust_contrast(img: torch.Tensor, factor: float) -> torch.Tensor:
@@ -38,51 +46,59 @@ def adjust_saturation(img: torch.Tensor, factor: float) -> torch.Tensor:
     return _blend(img, rgb_to_grayscale(img), factor)
 
 
-def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
-    """Args: img [..., 3, H, W] in [0, 1]. Returns HSV [..., 3, H, W], all channels in [0, 1]."""
+def _hsv(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(h, s, v) planes of an RGB image [..., 3, H, W], torchvision's formulas."""
     r, g, b = img.unbind(dim=-3)
-    maxc = img.max(dim=-3).values
-    minc = img.min(dim=-3).values
+    maxc = img.amax(dim=-3)  # amax/amin: the same values as max/min(dim), without the index pass
+    minc = img.amin(dim=-3)
     eqc = maxc == minc  # gray pixels: hue and saturation 0, avoid 0/0
     cr = maxc - minc
     ones = torch.ones_like(maxc)
     s = cr / torch.where(eqc, ones, maxc)
     div = torch.where(eqc, ones, cr)
     rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    return torch.stack((h, s, maxc), dim=-3)
+    # torchvision sums the three sector terms masked by 0/1 factors; exactly one mask holds, so selecting
+    # that term gives the same hue (the masked-out terms are zeros, which the "+ 1.0" below absorbs)
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h /= 6.0
+    h += 1.0
+    return torch.fmod(h, 1.0, out=h), s, maxc
+
+
+def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
+    """Args: img [..., 3, H, W] in [0, 1]. Returns HSV [..., 3, H, W], all channels in [0, 1]."""
+    return torch.stack(_hsv(img), dim=-3)
+
+
+# Which of (v, q, p, t) each output channel takes in hue sector 0..5 (torchvision's hsv_to_rgb table).
+_SECTOR_PICK = torch.tensor([[0, 1, 2, 2, 3, 0], [3, 0, 0, 1, 2, 2], [2, 2, 3, 0, 0, 1]])
+
+
+def _rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """RGB [..., 3, H, W] of HSV planes [..., H, W]."""
+    h6 = h * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
+    sector = i.to(torch.int64) % 6
+    p = (v * (1.0 - s)).clamp_(0.0, 1.0)
+    q = (v * (1.0 - s * f)).clamp_(0.0, 1.0)
+    t = (v * (1.0 - s * (1.0 - f))).clamp_(0.0, 1.0)
+    cand = torch.stack((v, q, p, t), dim=-3)  # [..., 4, H, W]
+    pick = _SECTOR_PICK.to(sector.device)[:, sector]  # [3, ..., H, W]
+    return cand.gather(-3, pick.movedim(0, -3))
 
 
 def hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`rgb_to_hsv`. Args: img [..., 3, H, W] HSV. Returns RGB [..., 3, H, W]."""
     h, s, v = img.unbind(dim=-3)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    sector = i.to(torch.int64) % 6
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    # candidates per output channel for the 6 hue sectors: [..., 3, 6, H, W]
-    cand = torch.stack(
-        (
-            torch.stack((v, q, p, p, t, v), dim=-3),
-            torch.stack((t, v, v, q, p, p), dim=-3),
-            torch.stack((p, p, t, v, v, q), dim=-3),
-        ),
-        dim=-4,
-    )
-    index = sector.unsqueeze(-3).unsqueeze(-3).expand(*cand.shape[:-3], 1, *cand.shape[-2:])
-    return cand.gather(-3, index).squeeze(-3)
+    return _rgb(h, s, v)
 
 
 def adjust_hue(img: torch.Tensor, factor: float) -> torch.Tensor:
     """Rotate the hue by ``factor`` turns (in [-0.5, 0.5]) through HSV. Args: img [..., 3, H, W] in [0, 1]."""
-    hsv = rgb_to_hsv(img)
-    h, s, v = hsv.unbind(dim=-3)
-    return hsv_to_rgb(torch.stack(((h + factor) % 1.0, s, v), dim=-3))
+    h, s, v = _hsv(img)
+    h += factor
+    return _rgb(torch.remainder(h, 1.0, out=h), s, v)
 
 
 def solarize(img: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -119,15 +135,35 @@ def intensity_jitter(img: torch.Tensor, contrast: torch.Tensor, brightness: torc
     """
     mean = img.mean(dim=(-2, -1), keepdim=True)
     c = contrast.to(img.dtype).view(-1, 1, 1)
-    out = c * img + (1.0 - c) * mean
-    return out * brightness.to(img.dtype).view(-1, 1, 1)
+    out = img * c  # c * img + (1 - c) * mean, then * brightness: same roundings, one buffer
+    out += (1.0 - c) * mean
+    return out.mul_(brightness.to(img.dtype).view(-1, 1, 1))
+
+
+def channel_std(img: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """Biased std over (H, W) per channel, [..., C, 1, 1], with the float32 value of ``std(dim=(-2, -1))``.
+
+    Fast path, one full reduction per channel: torch computes it in float64 around the float32 mean,
+    several times faster than the dim reduction (a float64 Welford pass). Its only extra error is the
+    squared error of that mean, negligible unless |mean| >> std, so channels with |mean| > 30 std (faint
+    or constant ones) are redone with the dim reduction: the result is the same float32 value.
+
+    Args:
+        img: [..., C, H, W]. mean: its per-channel mean [..., C, 1, 1] when the caller has it.
+    """
+    flat = img.reshape(-1, img.shape[-2] * img.shape[-1])
+    std = torch.stack([row.std(correction=0) for row in flat])
+    mean = flat.mean(dim=-1) if mean is None else mean.reshape(-1)
+    redo = (mean.abs() > 30.0 * std).nonzero().squeeze(1)
+    if redo.numel():
+        std[redo] = flat[redo].std(dim=-1, correction=0)
+    return std.view(*img.shape[:-2], 1, 1)
 
 
 def self_normalize(img: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Per-channel (x - mean_HW) / (biased std_HW + eps); a constant channel becomes 0. Args: img [C, H, W]."""
     mean = img.mean(dim=(-2, -1), keepdim=True)
-    std = img.std(dim=(-2, -1), keepdim=True, correction=0)
-    return (img - mean) / (std + eps)
+    return (img - mean).div_(channel_std(img, mean) + eps)
 
 
 def rescale_to_unit(img: torch.Tensor) -> torch.Tensor:
@@ -148,6 +184,7 @@ __all__ = [
     "adjust_hue",
     "adjust_saturation",
     "blur_kernel_size",
+    "channel_std",
     "gaussian_blur",
     "hsv_to_rgb",
     "intensity_jitter",

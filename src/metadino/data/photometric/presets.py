@@ -73,14 +73,18 @@ class Photometric:
         self.in_chans = in_chans
         self.mean = None if mean is None else tuple(float(m) for m in mean)
         self.std = None if std is None else tuple(float(s) for s in std)
+        self._stats: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic part only. Args: x [C, H, W]."""
         if self.mean is None or self.std is None:
             return x
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        return (x - mean) / std
+        key = (x.dtype, x.device)
+        if key not in self._stats:  # built once per dtype: a small tensor per crop costs more than the op
+            self._stats[key] = (torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1),
+                                torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1))
+        mean, std = self._stats[key]
+        return (x - mean).div_(std)
 
     def augment(self, crop: torch.Tensor, generator: torch.Generator, crop_kind: str) -> torch.Tensor:
         """Random ops (subclasses override). Args: crop [C, H, W]."""
@@ -216,8 +220,7 @@ class MicroscopyPhotometric(Photometric):
         contrast = self._factors(generator)
         brightness = self._factors(generator)
         crop = intensity_jitter(crop, contrast, brightness)
-        if self.in_chans >= 2 and _coin(generator, self.channel_drop_p):
-            crop = crop.clone()
+        if self.in_chans >= 2 and _coin(generator, self.channel_drop_p):  # the jitter's output is a new tensor
             crop[draw_int(generator, 0, self.in_chans - 1)] = 0.0
         if self.blur_p > 0 and _coin(generator, self.blur_p):
             crop = gaussian_blur(crop, blur_kernel_size(min(crop.shape[-2:])), draw_uniform(generator, *self.sigma))
