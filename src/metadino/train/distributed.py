@@ -45,6 +45,15 @@ def all_ranks_true(flag: bool, device: torch.device) -> bool:
     return t.item() == 0.0
 
 
+def all_ranks_finite(flags: torch.Tensor) -> list[bool]:
+    """For a bool tensor of flags on this rank, whether each holds on every rank: one all-reduce and one host sync
+    (the step's only one)."""
+    t = (~flags).to(torch.float32)
+    if is_distributed():
+        dist.all_reduce(t)
+    return [v == 0.0 for v in t.tolist()]
+
+
 def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average logged scalars over ranks (for logging only)."""
     if not is_distributed() or not values:

@@ -38,6 +38,8 @@ class StepLog:
         self._t_last = time.perf_counter()
         self._images = 0
         self._waited = 0.0
+        self._dino: list[tuple[int, torch.Tensor]] = []  # the DINO term of the steps since the last record
+        self._last: torch.Tensor | None = None
 
     def __enter__(self) -> StepLog:
         if self.is_main:
@@ -60,6 +62,9 @@ class StepLog:
         atomic_write_text(self.path, "".join(kept))
 
     def __exit__(self, *exc: Any) -> None:
+        if self._last is not None:
+            self.last_loss = float(self._last)  # the last step's loss, also when it was not a logged step
+        self._flush_watch()
         if self._file is not None:
             self._file.close()
         self._bar.close()
@@ -84,28 +89,42 @@ class StepLog:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
 
-    def step(self, step: int, out: StepOutput, sched: dict[str, float], grad_norms: dict[str, float], *,
+    def step(self, step: int, out: StepOutput, sched: dict[str, float], grad_norms: dict[str, torch.Tensor], *,
              data_wait: float = 0.0) -> None:
-        """After optimizer step `step` (1-based count of steps done); `data_wait`: seconds it waited for its batch."""
+        """After optimizer step `step` (1-based count of steps done); `data_wait`: seconds it waited for its batch.
+
+        Values stay on the device between records (no host sync per step): the ln K watch is fed and the last loss
+        read when a record is written."""
         self._images += self.global_batch
         self._waited += data_wait
         if self.watch is not None:
-            warning = self.watch.update(step, float(out.terms["dino"].detach()))
-            if warning and self.is_main:
-                tqdm.write(warning, file=sys.stderr)
-        loss = float(out.loss.detach())
-        self.first_loss = loss if self.first_loss is None else self.first_loss
-        self.last_loss = loss
+            self._dino.append((step, out.terms["dino"].detach()))
+        self._last = out.loss.detach()
+        if self.first_loss is None:
+            self.first_loss = float(self._last)
         self._bar.update(1)
         if step % self.log_every == 0 or step == self.end_step:
+            self._flush_watch()
             self._record(step, out, sched, grad_norms)
 
-    def _record(self, step: int, out: StepOutput, sched: dict[str, float], grad_norms: dict[str, float]) -> None:
+    def _flush_watch(self) -> None:
+        if self.watch is None or not self._dino:
+            return
+        values = torch.stack([t.float() for _, t in self._dino]).tolist()  # one sync for the window
+        for (step, _), value in zip(self._dino, values):
+            warning = self.watch.update(step, value)
+            if warning and self.is_main:
+                tqdm.write(warning, file=sys.stderr)
+        self._dino.clear()
+
+    def _record(self, step: int, out: StepOutput, sched: dict[str, float], grad_norms: dict[str, torch.Tensor]) -> None:
         now = time.perf_counter()
+        self.last_loss = float(out.loss.detach())
+        norms = dict(zip(grad_norms, torch.stack(list(grad_norms.values())).float().tolist())) if grad_norms else {}
         values = {k: float(v.detach()) for k, v in out.terms.items()}
         values = mean_across_ranks({**values, **{k: float(v) for k, v in out.metrics.items()}}, self.device)
         elapsed = max(now - self._t_last, 1e-9)
-        record = {"step": step, **values, **sched, **grad_norms, "images_per_s": self._images / elapsed,
+        record = {"step": step, **values, **sched, **norms, "images_per_s": self._images / elapsed,
                   "data_wait_share": min(self._waited / elapsed, 1.0)}
         self._t_last, self._images, self._waited = now, 0, 0.0
         self.history.append(record)

@@ -25,7 +25,7 @@ from metadino.data.batch import Batch
 from metadino.errors import UserError
 from metadino.models.directory import write_export
 from metadino.train.checkpoint import checkpoint_dir, list_checkpoints, save_checkpoint
-from metadino.train.distributed import all_ranks_true, barrier
+from metadino.train.distributed import all_ranks_finite, all_ranks_true, barrier
 from metadino.train.log import StepLog
 from metadino.train.optim import apply_optim_schedule
 from metadino.train.rng import gather_rng
@@ -105,24 +105,27 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
             with run.autocast():
                 out = task.training_step(batch.to(run.device, non_blocking=True), teacher_temp=sched["teacher_temp"], step=step,
                                          guide_lambda=sched["guide_lambda"])
-            finite = all_ranks_true(bool(torch.isfinite(out.loss).item()), run.device)
-            if finite:
-                optimizer.zero_grad(set_to_none=True)
-                loss = out.loss if scaler is None else scaler.scale(out.loss.float())
-                loss.backward()  # type: ignore[no-untyped-call]  # torch.Tensor.backward is unannotated
-                if scaler is not None:
-                    scaler.unscale_(optimizer)  # clip and log the true gradients
-                grad_norms = _clip(run.clip_groups, run.clip_grad)
-                # a finite loss can still overflow in backward (bf16, fp16): never step on a non-finite gradient
-                finite = all_ranks_true(all(math.isfinite(v) for v in grad_norms.values()), run.device)
-                if not finite and scaler is not None:
-                    # fp16 overflow: nothing moves and the step is not taken; a smaller scale, the next batch
-                    scaler.update()
-                    overflows += 1
-                    if overflows > MAX_OVERFLOWS_IN_A_ROW:
-                        raise TrainingDiverged(_divergence_message(run, step, out, batch, skipped))
-                    log.overflow(step, scaler.get_scale())
-                    continue
+            optimizer.zero_grad(set_to_none=True)
+            loss = out.loss if scaler is None else scaler.scale(out.loss.float())
+            loss.backward()  # type: ignore[no-untyped-call]  # torch.Tensor.backward is unannotated
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # clip and log the true gradients
+            grad_norms = _clip(run.clip_groups, run.clip_grad)
+            # One host sync per step: the loss and every gradient norm finite, on every rank. A finite loss can still
+            # overflow in backward (bf16, fp16): never step on a non-finite gradient.
+            loss_ok, grads_ok = all_ranks_finite(torch.stack([
+                torch.isfinite(out.loss.detach()).all(),
+                torch.stack([torch.isfinite(v) for v in grad_norms.values()]).all() if grad_norms
+                else torch.tensor(True, device=out.loss.device)]))
+            finite = loss_ok and grads_ok
+            if loss_ok and not grads_ok and scaler is not None:
+                # fp16 overflow: nothing moves and the step is not taken; a smaller scale, the next batch
+                scaler.update()
+                overflows += 1
+                if overflows > MAX_OVERFLOWS_IN_A_ROW:
+                    raise TrainingDiverged(_divergence_message(run, step, out, batch, skipped))
+                log.overflow(step, scaler.get_scale())
+                continue
             if finite:
                 optimizer.step()
                 if scaler is not None:
@@ -132,7 +135,8 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
                 step += 1
                 log.step(step, out, sched, grad_norms, data_wait=waited)
             elif run.on_nonfinite == "skip" and skipped < run.max_skipped_steps:
-                # nothing moves: no backward, no optimizer step, no commit (the forward's pending updates are dropped)
+                # nothing moves: no optimizer step, no commit (the forward's pending updates are dropped; the gradients
+                # of this step are discarded at the next zero_grad)
                 skipped += 1
                 step += 1
                 log.skipped(step, out, skipped)
@@ -188,10 +192,11 @@ def _divergence_message(run: Run, step: int, out: StepOutput, batch: Batch, skip
             f"{rows} Lower optim.lr, use train.precision=fp32, check those images and their metadata, or {hint}.")
 
 
-def _clip(groups: dict[str, list[torch.nn.Parameter]], max_norm: float) -> dict[str, float]:
-    """Clip each group's gradient norm to `max_norm` (0: no clipping); returns the norms before clipping."""
+def _clip(groups: dict[str, list[torch.nn.Parameter]], max_norm: float) -> dict[str, torch.Tensor]:
+    """Clip each group's gradient norm to `max_norm` (0: no clipping); returns the norms before clipping, as tensors
+    on the device (read on the host only when logged)."""
     limit = max_norm if max_norm > 0 else math.inf
-    return {f"grad_norm/{name}": float(torch.nn.utils.clip_grad_norm_(params, limit)) for name, params in groups.items()
+    return {f"grad_norm/{name}": torch.nn.utils.clip_grad_norm_(params, limit) for name, params in groups.items()
             if params}
 
 
