@@ -287,6 +287,8 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
 
     table, encoders, regions, skipped = _load_data(cfg, device, progress=progress)
     task = _build_task(cfg, encoders, device)
+    if cfg.train.compile:
+        task.compile_backbones()
     optimizer = build_optimizer(cfg, task)
     trainable, total_params, summary = _summary(task, cfg)
     scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None

@@ -182,6 +182,12 @@ class SSLTask(nn.Module):
         ddp = DistributedDataParallel(self._online, device_ids=[device.index] if device.type == "cuda" else None)
         object.__setattr__(self, "_online_call", ddp)
 
+    def compile_backbones(self) -> None:
+        """torch.compile the student's and the teacher's backbones in place (``nn.Module.compile``: parameter names,
+        checkpoints and exports stay as they are)."""
+        self.student.backbone.compile()
+        self.teacher.backbone.compile()
+
     def named_heads(self) -> list[tuple[str, nn.Module]]:
         """The trained modules besides the backbone, by name: DINO head, a separate iBOT head, the distillation
         projection, the guide heads. The optimizer's parameter groups are built from these."""
