@@ -1,9 +1,70 @@
-"""Weighted k-NN classifier on frozen features (DINO protocol: cosine similarity, exp(s/T) votes)."""
+"""Weighted k-NN classifier on frozen features (DINO protocol: cosine similarity, exp(s/T) votes).
+
+The neighbour search (:func:`topk_cosine`) is exact and memory-bounded: queries and the training rows are both taken
+in chunks, so a million training rows never make a ``[queries, N_train]`` matrix (peak extra memory
+``query_chunk x train_chunk`` floats). With faiss installed (``pip install metadino[knn]``) an exact inner-product index
+(``IndexFlatIP``) does the search instead; both give the same neighbours (up to the order of exact ties) and
+similarities equal within float rounding.
+"""
 
 from __future__ import annotations
 
+import os
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+
+Backend = Literal["auto", "torch", "faiss"]
+QUERY_CHUNK = 1024
+TRAIN_CHUNK = 65536
+
+
+def _faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@torch.no_grad()
+def topk_cosine(train: torch.Tensor, queries: torch.Tensor, k: int, *, backend: Backend = "auto",
+                query_chunk: int = QUERY_CHUNK, train_chunk: int = TRAIN_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `k` largest inner products of each query with the rows of `train` (both already L2-normalised):
+    (similarities [Q, k] float32, indices int64 [Q, k]), nearest first.
+
+    ``backend="auto"`` uses faiss when it is installed and the tensors are on the CPU, else chunked torch.
+    """
+    k = min(k, train.shape[0])
+    use_faiss = backend == "faiss" or (backend == "auto" and train.device.type == "cpu" and _faiss_available())
+    if use_faiss and k > 0 and queries.shape[0] > 0:
+        return _faiss_topk(train, queries, k)
+    sims, idx = [], []
+    for start in range(0, queries.shape[0], query_chunk):
+        q = queries[start:start + query_chunk]
+        best_s = torch.full((q.shape[0], 0), -float("inf"), device=q.device)
+        best_i = torch.zeros((q.shape[0], 0), dtype=torch.int64, device=q.device)
+        for t0 in range(0, train.shape[0], train_chunk):
+            sim = q @ train[t0:t0 + train_chunk].T
+            s, i = sim.topk(min(k, sim.shape[1]), dim=1)
+            best_s, order = torch.cat([best_s, s], dim=1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+            best_i = torch.cat([best_i, i + t0], dim=1).gather(1, order)
+        sims.append(best_s)
+        idx.append(best_i)
+    if not sims:
+        return torch.empty(0, k), torch.empty(0, k, dtype=torch.int64)
+    return torch.cat(sims), torch.cat(idx)
+
+
+def _faiss_topk(train: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import faiss
+
+    faiss.omp_set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    index = faiss.IndexFlatIP(train.shape[1])
+    index.add(train.detach().cpu().float().contiguous().numpy())
+    sims, idx = index.search(queries.detach().cpu().float().contiguous().numpy(), k)
+    return torch.from_numpy(sims), torch.from_numpy(idx).long()
 
 
 @torch.no_grad()
@@ -15,7 +76,8 @@ def knn_predict(
     n_classes: int,
     k: int = 20,
     temperature: float = 0.07,
-    chunk_size: int = 1024,
+    chunk_size: int = QUERY_CHUNK,
+    backend: Backend = "auto",
 ) -> torch.Tensor:
     """Class scores [N_test, n_classes] from the k nearest training samples.
 
@@ -27,16 +89,13 @@ def knn_predict(
     """
     train = F.normalize(train_features.float(), dim=1)
     test = F.normalize(test_features.float(), dim=1)
-    k = min(k, train.shape[0])
-    scores = []
-    for start in range(0, test.shape[0], chunk_size):
-        sim = test[start : start + chunk_size] @ train.T
-        top_sim, top_idx = sim.topk(k, dim=1)
-        weights = (top_sim / temperature).exp()
-        votes = torch.zeros(sim.shape[0], n_classes, dtype=weights.dtype)
-        votes.scatter_add_(1, train_labels[top_idx], weights)
-        scores.append(votes)
-    return torch.cat(scores) if scores else torch.empty(0, n_classes)
+    if test.shape[0] == 0:
+        return torch.empty(0, n_classes)
+    top_sim, top_idx = topk_cosine(train, test, k, backend=backend, query_chunk=chunk_size)
+    weights = (top_sim / temperature).exp()
+    votes = torch.zeros(test.shape[0], n_classes, dtype=weights.dtype)
+    votes.scatter_add_(1, train_labels[top_idx.to(train_labels.device)].cpu(), weights.cpu())
+    return votes
 
 
 @torch.no_grad()
@@ -47,21 +106,24 @@ def knn_multilabel_scores(
     *,
     k: int = 20,
     temperature: float = 0.07,
-    chunk_size: int = 1024,
+    chunk_size: int = QUERY_CHUNK,
+    backend: Backend = "auto",
 ) -> torch.Tensor:
     """Per-label scores in [0, 1] [N_test, C]: the exp(cosine / T)-weighted share of the k nearest
     training samples that carry each label (train_targets: multi-hot [N_train, C])."""
     train = F.normalize(train_features.float(), dim=1)
     test = F.normalize(test_features.float(), dim=1)
     targets = train_targets.float()
-    k = min(k, train.shape[0])
+    if test.shape[0] == 0:
+        return torch.empty(0, targets.shape[1])
+    top_sim, top_idx = topk_cosine(train, test, k, backend=backend, query_chunk=chunk_size)
     scores = []
-    for start in range(0, test.shape[0], chunk_size):
-        top_sim, top_idx = (test[start : start + chunk_size] @ train.T).topk(k, dim=1)
+    for start in range(0, test.shape[0], chunk_size):  # [chunk, k, C] at a time: C labels can be many
+        s, i = top_sim[start:start + chunk_size], top_idx[start:start + chunk_size]
         # subtract the row max before exp: the weights are only used relative to each other
-        weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
-        scores.append((weights.unsqueeze(2) * targets[top_idx]).sum(1) / weights.sum(1, keepdim=True))
-    return torch.cat(scores) if scores else torch.empty(0, targets.shape[1])
+        weights = ((s - s[:, :1]) / temperature).exp()
+        scores.append((weights.unsqueeze(2) * targets[i]).sum(1) / weights.sum(1, keepdim=True))
+    return torch.cat(scores)
 
 
 @torch.no_grad()
@@ -79,10 +141,9 @@ def knn_neighbours(
     k = min(k, n - 1)
     if k < 1:
         return torch.empty(n, 0, dtype=torch.int64)
-    out = []
-    for start in range(0, n, chunk_size):
-        sim = x[start : start + chunk_size] @ x.T
-        rows = torch.arange(sim.shape[0], device=sim.device)
-        sim[rows, rows + start] = -float("inf")
-        out.append(sim.topk(k, dim=1).indices.cpu())
-    return torch.cat(out)
+    # k + 1 nearest, then the query itself dropped: it is its own nearest row unless an exact duplicate ties with it
+    _, idx = topk_cosine(x, x, k + 1, backend="torch", query_chunk=chunk_size)
+    self_hit = idx == torch.arange(n, device=idx.device).unsqueeze(1)
+    keep = ~self_hit
+    keep[self_hit.sum(1) == 0, -1] = False  # no self among the k + 1 (duplicates ranked first): drop the farthest
+    return idx[keep].view(n, k).cpu()
