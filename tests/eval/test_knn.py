@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+
 def _unit(n: int, d: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
