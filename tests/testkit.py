@@ -116,6 +116,30 @@ def launch_ranks(script: str, world: int, tmp: Path, inputs: dict) -> list[dict]
     return [torch.load(tmp / f"out{r}.pt", weights_only=True) for r in range(world)]
 
 
+def torchrun_train(cfg: dict, cfg_path: Path, out: Path, nproc: int = 2, extra: tuple[str, ...] = ()) -> str:
+    """`torchrun -m metadino train` on `nproc` gloo processes (the loop itself checks replicas at the end); returns
+    the output. `extra`: more arguments for `train` (e.g. --resume, --stop-after K)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+        f"--master_port={port}", "-m", "metadino", "train", str(cfg_path), "--out", str(out), "--quiet", *extra,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
 def join_group(rank: int, init_file: str, world: int) -> None:
     """Worker side of :func:`launch_ranks`: one thread, gloo through a shared file."""
     import torch

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from testkit import tiny_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from testkit import tiny_config, torchrun_train
 
 
 def _torchrun_train(cfg: dict, cfg_path, out, nproc: int = 2) -> None:
-    """`torchrun -m metadino train` on `nproc` gloo processes; the loop itself checks replicas at the end."""
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}", "-m", "metadino", "train", str(cfg_path), "--out", str(out), "--quiet",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    torchrun_train(cfg, cfg_path, out, nproc=nproc)
 
 
 def _losses(run) -> list[dict]:

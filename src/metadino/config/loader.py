@@ -62,6 +62,8 @@ NEUTRAL_NEW_KEYS: dict[str, Any] = {
     "data.read.fill_value": 0.0,
     "data.read.voi_window": False,
     "train.compile": False,
+    "train.parallel": "ddp",
+    "train.fsdp_reshard_after_forward": True,
 }
 
 _UNION_ORIGINS = (typing.Union, types.UnionType)

@@ -364,6 +364,15 @@ class TrainConfig:
         "FINO trained): a step whose gradients overflow is skipped — weights, optimizer moments, EMA teacher, centres "
         "and prototypes untouched, the schedules do not advance — and the scale halves; its batch is used up.",
     )
+    parallel: Literal["ddp", "fsdp"] = opt(
+        "ddp",
+        "Under torchrun: ddp (every rank holds the whole model) or fsdp (FSDP2: each block of student and teacher "
+        "sharded over the ranks with parameters, gradients and AdamW moments; compute in train.precision, gradients "
+        "reduced in fp32; checkpoints sharded, loadable on another number of ranks).",
+    )
+    fsdp_reshard_after_forward: bool = opt(
+        True, "fsdp: free each block's gathered parameters after its forward (less memory, one more all-gather)."
+    )
     compile: bool = opt(
         False,
         "torch.compile the student and teacher backbones (inductor). Faster steps on GPU after a cold compile of about "

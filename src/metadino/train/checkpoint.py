@@ -25,6 +25,24 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def sharded_checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """The folder of step `step`'s sharded (FSDP) checkpoint."""
+    return checkpoint_dir(run_dir) / f"step_{step:08d}.dcp"
+
+
+def point_latest(run_dir: str | Path, path: Path, *, keep: int) -> None:
+    """Name `path` as the newest checkpoint and prune the older ones beyond `keep` (files and sharded folders)."""
+    import shutil
+
+    directory = checkpoint_dir(run_dir)
+    atomic_write(directory / LATEST, lambda tmp: tmp.write_text(path.name + "\n"), fsync=True)
+    for old in sorted(directory.glob("step_*"), key=lambda p: p.name)[:-keep]:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+
+
 def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], *, keep: int) -> Path:
     """Write ``state`` for `step` (the number of completed steps) and prune older checkpoints."""
     directory = checkpoint_dir(run_dir)
@@ -32,26 +50,30 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], *, ke
     path = directory / f"step_{step:08d}.pt"
     payload = {"schema_version": SCHEMA_VERSION, "step": step, **state}
     atomic_write(path, lambda tmp: torch.save(payload, tmp), fsync=True)
-    atomic_write(directory / LATEST, lambda tmp: tmp.write_text(path.name + "\n"), fsync=True)
-    for old in sorted(directory.glob("step_*.pt"))[:-keep]:
-        old.unlink()
+    point_latest(run_dir, path, keep=keep)
     return path
 
 
 def remove_orphans(run_dir: str | Path) -> list[Path]:
     """Delete the temporary files of saves that were killed half-way (``.step_*.pt.tmp-PID``, ``.latest.tmp-PID``):
     they are never read, only take space. Returns what was removed."""
+    import shutil
+
     directory = checkpoint_dir(run_dir)
-    orphans = sorted(directory.glob(".*.tmp-*")) if directory.is_dir() else []
+    orphans = sorted([*directory.glob(".*.tmp-*"), *directory.glob(".*.dcp.tmp")]) if directory.is_dir() else []
     for path in orphans:
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return orphans
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints, newest first: the one `latest` names, then older ones by step."""
     directory = checkpoint_dir(run_dir)
-    found = sorted(directory.glob("step_*.pt"), reverse=True)
+    found = sorted([*directory.glob("step_*.pt"), *(p for p in directory.glob("step_*.dcp") if (p / "meta.pt").is_file())],
+                   key=lambda p: p.name, reverse=True)
     pointer = directory / LATEST
     if pointer.is_file():
         named = directory / pointer.read_text().strip()
@@ -62,6 +84,9 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """A checkpoint as one dict of full (unsharded) tensors; a sharded folder is gathered here, in this process."""
+    if path.is_dir():
+        return _load_sharded_as_full(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated/corrupt zips
@@ -87,3 +112,21 @@ def load_latest_checkpoint(run_dir: str | Path) -> dict[str, Any]:
             warnings.warn(f"skipped unreadable checkpoint(s): {'; '.join(errors)}; using '{path.name}'.", stacklevel=2)
         return state
     raise UserError(f"every checkpoint in '{checkpoint_dir(run_dir)}' is unreadable: {'; '.join(errors)}")
+
+
+def _load_sharded_as_full(path: Path) -> dict[str, Any]:
+    """A sharded (DCP) checkpoint folder as one dict: its meta plus ``task`` and ``optimizer`` with full tensors."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    try:
+        meta = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(str(path), str(Path(tmp) / "full.pt"))
+            full = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
+    except Exception as e:  # DCP and torch raise several types for missing or torn shards
+        raise UserError(f"sharded checkpoint '{path}' cannot be read (a shard is missing or torn?): {e}") from None
+    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"checkpoint '{path}' is not a metadino checkpoint of schema version {SCHEMA_VERSION}.")
+    return {**meta, "task": full["task"], "optimizer": full["optimizer"], "sharded": True}

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,8 +25,16 @@ from metadino.config import Config
 from metadino.data.batch import Batch
 from metadino.errors import UserError
 from metadino.models.directory import write_export
-from metadino.train.checkpoint import checkpoint_dir, list_checkpoints, save_checkpoint
+from metadino.train.checkpoint import (
+    SCHEMA_VERSION,
+    checkpoint_dir,
+    list_checkpoints,
+    point_latest,
+    save_checkpoint,
+    sharded_checkpoint_path,
+)
 from metadino.train.distributed import all_ranks_finite, all_ranks_true, barrier
+from metadino.train.fsdp import full_state_dict, save_sharded
 from metadino.train.log import StepLog
 from metadino.train.optim import apply_optim_schedule
 from metadino.train.rng import gather_rng
@@ -148,11 +157,11 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
             if stop_now:
                 break
     if run.dist.enabled:
-        _check_ranks_identical(task, run.device)
+        _check_ranks_identical(task, run.device, buffers_only=run.sharded)
     result = TrainResult(run.dir, run.start_step, step, run.total_steps, time.perf_counter() - t_start, log.first_loss,
                          log.last_loss, log.history, _peak_memory_mb(run.device), stop.requested, run.trainable_params,
                          run.total_params)
-    if result.finished and run.dist.is_main:
+    if result.finished:
         _export(run)
     barrier()
     return result
@@ -161,10 +170,21 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
 def _export(run: Run) -> None:
     """RUN_DIR/backbone: the EMA teacher (the student when distilling), LoRA merged. Written beside it and renamed
     into place, so a crash leaves the earlier export or none, never half of one."""
+    backbone = run.task.export_backbone
+    if run.sharded:  # collective: the full weights gathered on the main process, loaded into an unsharded copy
+        assert run.rebuild_backbone is not None  # build_run sets it for every sharded run
+        prefix = next(name for name, m in run.task.named_modules() if m is backbone) + "."
+        full = full_state_dict(run.task)
+        if not run.dist.is_main:
+            return
+        backbone = run.rebuild_backbone()
+        backbone.load_state_dict({k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)})
+    elif not run.dist.is_main:
+        return
     final = run.dir / "backbone"
     tmp = run.dir / f".backbone.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    write_export(run.task.export_backbone, tmp, run.preprocessing)
+    write_export(backbone, tmp, run.preprocessing)
     if final.exists():
         old = run.dir / f".backbone.old-{os.getpid()}"
         final.rename(old)
@@ -196,12 +216,17 @@ def _clip(groups: dict[str, list[torch.nn.Parameter]], max_norm: float) -> dict[
     """Clip each group's gradient norm to `max_norm` (0: no clipping); returns the norms before clipping, as tensors
     on the device (read on the host only when logged)."""
     limit = max_norm if max_norm > 0 else math.inf
-    return {f"grad_norm/{name}": torch.nn.utils.clip_grad_norm_(params, limit) for name, params in groups.items()
-            if params}
+    norms = {f"grad_norm/{name}": torch.nn.utils.clip_grad_norm_(params, limit) for name, params in groups.items()
+             if params}
+    # FSDP: the norm of sharded gradients is a DTensor (already the global norm); its value as a plain tensor
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in norms.items()}
 
 
 def _save(run: Run, step: int, skipped: int, position: int) -> None:
     rng = gather_rng(run.device)  # collective: every rank takes part
+    if run.sharded:
+        _save_sharded(run, step, skipped, position, rng)
+        return
     if run.dist.is_main:
         state = {"task": run.task.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": rng,
                  "skipped_steps": skipped, "data_position": position,
@@ -218,17 +243,37 @@ def _save(run: Run, step: int, skipped: int, position: int) -> None:
     barrier()
 
 
+def _save_sharded(run: Run, step: int, skipped: int, position: int, rng: Any) -> None:
+    """FSDP: every rank writes its shards (a DCP folder), the main process the meta and the `latest` pointer."""
+    meta = {"schema_version": SCHEMA_VERSION, "step": step, "rng": rng, "skipped_steps": skipped,
+            "data_position": position, "scaler": None, **run.checkpoint_meta}
+    path = sharded_checkpoint_path(run.dir, step)
+    try:
+        checkpoint_dir(run.dir).mkdir(parents=True, exist_ok=True)
+        save_sharded(path, run.task, run.optimizer, meta, is_main=run.dist.is_main)
+        if run.dist.is_main:
+            point_latest(run.dir, path, keep=run.keep_checkpoints)
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"could not write the sharded checkpoint of step {step} into '{path}' "
+                        f"({getattr(e, 'strerror', None) or str(e).strip().splitlines()[0]}); free space and resume.") from None
+    barrier()
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _check_ranks_identical(task: torch.nn.Module, device: torch.device) -> None:
+def _check_ranks_identical(task: torch.nn.Module, device: torch.device, *, buffers_only: bool = False) -> None:
     """DDP keeps replicas in sync; verify it (student, EMA teacher, guide heads, centres and prototype banks) so
-    that silent divergence cannot go unnoticed."""
+    that silent divergence cannot go unnoticed. Under FSDP each rank holds other shards of the parameters: the
+    replicated state (centres, prototype banks, batch-norm statistics) is checked."""
+    tensors = [*task.buffers()] if buffers_only else [*task.parameters(), *task.buffers()]
+    if not tensors:
+        return
     with torch.no_grad():
-        local = torch.stack([t.double().sum() for t in [*task.parameters(), *task.buffers()]]).to(device)
+        local = torch.stack([t.double().sum() for t in tensors]).to(device)
         gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, local)
     if any(not torch.equal(gathered[0], g) for g in gathered[1:]):

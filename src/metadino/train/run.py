@@ -60,6 +60,7 @@ from metadino.train.factory import (
     build_task,
     preprocessing_from_config,
 )
+from metadino.train.fsdp import load_full, shard_task
 from metadino.train.lock import RunLock
 from metadino.train.provenance import provenance
 from metadino.train.rng import restore_rng
@@ -108,6 +109,8 @@ class Run:
     skipped_steps: int = 0  # non-finite steps skipped before this process (from the checkpoint): one budget per run
     table: MetadataTable | None = None  # the training rows: the divergence message names a batch's rows
     scaler: torch.amp.GradScaler | None = None  # fp16: the dynamic loss scale (its state is in every checkpoint)
+    sharded: bool = False  # FSDP: checkpoints are DCP folders, the export gathers the full teacher first
+    rebuild_backbone: Callable[[], Any] | None = None  # FSDP: an unsharded backbone to load the gathered export into
     data_position: int = 0  # batches used before this process: the step, plus fp16 overflow steps (their batches)
 
 
@@ -158,8 +161,12 @@ def saved_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
     return config_from_dict(apply_overrides(data, list(overrides)))
 
 
-def _check_resume_compatible(saved: dict[str, Any], cfg: Config, run_dir: Path, table: MetadataTable) -> None:
+def _check_resume_compatible(saved: dict[str, Any], cfg: Config, run_dir: Path, table: MetadataTable,
+                             world_size: int = 1) -> None:
     changed = [k for k in diff_configs(saved["config"], config_to_dict(cfg)) if k not in RESUMABLE_CHANGES]
+    saved_global = int(saved["config"]["train"]["batch_size"]) * len(saved.get("rng", [None]))
+    if saved.get("sharded") and "train.batch_size" in changed and saved_global == cfg.train.batch_size * world_size:
+        changed.remove("train.batch_size")  # FSDP on another number of ranks, the same global batch: the same data
     if changed:
         shown = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
         raise UserError(
@@ -232,15 +239,22 @@ def _restore(run_dir: Path, task: SSLTask, optimizer: torch.optim.Optimizer, cfg
     """Load the newest checkpoint into `task`, `optimizer` and `scaler`, restore this rank's RNG; returns its step,
     the number of non-finite steps skipped so far and the data position (batches used)."""
     state = load_latest_checkpoint(run_dir)
-    _check_resume_compatible(state, cfg, run_dir, table)
-    task.load_state_dict(state["task"])
-    optimizer.load_state_dict(state["optimizer"])
+    _check_resume_compatible(state, cfg, run_dir, table, info.world_size)
+    if state.get("sharded"):  # an FSDP checkpoint, gathered: into this run's shards (any number of ranks) or model
+        load_full(task, optimizer, state["task"], state["optimizer"])
+    else:
+        task.load_state_dict(state["task"])
+        optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     rng = state["rng"]
-    if len(rng) != info.world_size:
-        raise UserError(f"cannot resume '{run_dir}' exactly: it was saved with {len(rng)} process(es), now {info.world_size}.")
-    restore_rng(rng[info.rank], device)
+    if len(rng) != info.world_size and not state.get("sharded"):
+        raise UserError(f"cannot resume '{run_dir}' exactly: it was saved with {len(rng)} process(es), now {info.world_size}; "
+                        "a run with train.parallel: fsdp can continue on another number of processes.")
+    if info.rank < len(rng):
+        restore_rng(rng[info.rank], device)
+    else:  # a rank the saved run did not have: its own streams (drop-path draws are per rank anyway)
+        torch.manual_seed(cfg.train.seed + 1_000_003 * (info.rank + 1) + int(state["step"]))
     step = int(state["step"])
     return step, int(state.get("skipped_steps", 0)), int(state.get("data_position", step))
 
@@ -287,6 +301,9 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
 
     table, encoders, regions, skipped = _load_data(cfg, device, progress=progress)
     task = _build_task(cfg, encoders, device)
+    sharded = cfg.train.parallel == "fsdp" and info.enabled
+    if sharded:  # before the optimizer: sharding replaces the parameters by DTensors
+        shard_task(task, precision=cfg.train.precision, reshard_after_forward=cfg.train.fsdp_reshard_after_forward)
     if cfg.train.compile:
         task.compile_backbones()
     optimizer = build_optimizer(cfg, task)
@@ -314,7 +331,7 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
     if not all_ranks_true(failed is None, device):  # every rank stops, rather than waiting for rank 0 forever
         raise failed or UserError(f"the main process could not open the run directory '{run_dir}' (its message says why).")
     barrier()
-    if info.enabled:
+    if info.enabled and not sharded:
         task.prepare_distributed(device)
 
     precision = cfg.train.precision
@@ -334,5 +351,11 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
         if cfg.ssl.dino_loss_weight > 0 else None,
         trainable_params=trainable, total_params=total_params, summary=summary, lock=lock,
         on_nonfinite=cfg.train.on_nonfinite, max_skipped_steps=cfg.train.max_skipped_steps, table=table,
-        skipped_steps=skipped_steps, scaler=scaler, data_position=data_position,
+        skipped_steps=skipped_steps, scaler=scaler, data_position=data_position, sharded=sharded,
+        rebuild_backbone=(lambda: _unsharded_export_backbone(cfg)) if sharded else None,
     )
+
+
+def _unsharded_export_backbone(cfg: Config) -> Any:
+    """A fresh, unsharded backbone of the run's architecture (the FSDP export loads the gathered weights into it)."""
+    return build_backbone_from_config(cfg.model, image_size=cfg.crops.global_size)
