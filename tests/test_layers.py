@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "metadino.train": 5, "metadino.eval": 5,
     "metadino.export": 6, "metadino.embed": 6,
     "metadino.audit": 7, "metadino.demo": 7,
-    "metadino.foundations.build": 8, "metadino.importers": 8,
+    "metadino.foundations.build": 8, "metadino.importers": 8, "metadino.compass": 8,
     "metadino.cli": 9,
     "metadino.__main__": 10,
 }

@@ -143,6 +143,61 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--quick", action="store_true", help="tiny data and a few steps (for tests)")
 
 
+def _add_compass(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "compass",
+        help="per metadata column, measure encouraging vs suppressing it (short paired runs) and suggest guidance",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            FINO's per-factor study as one command. For each candidate column and each role (encouraged:
+            a guide pulls it in; suppressed: gradient reversal pushes it out), plus one shared run with no
+            guide, a short adaptation from CONFIG (its own guides removed; same start, data stream and steps;
+            trial seed s = train.seed s in every arm), each evaluated with k-NN and linear probes fitted on
+            --train-rows and scored on --val-rows (worst group with --group-column). Writes OUT/compass.md
+            and compass.json (paired effects with 95 % intervals, U(label|column) and Cramér's V from the
+            inspect audit, warnings where a suppressed column is entangled with an encouraged or
+            task-relevant one), compass.png (one arrow per column from the no-guide score to encouraged and
+            to suppressed, seed spread) and guidance.yaml: a guidance: block that keeps a role only when its
+            interval is above zero and uses given: where suppression alone hurt and the column determines
+            an encouraged one. Trials are run directories under OUT/trials/<column>-<role>-seed<s> and
+            OUT/trials/none-seed<s>: a rerun skips finished ones and resumes interrupted ones. Several GPUs:
+            one trial per device at a time (--devices); CPU: one after another. Bad input (unknown column,
+            the label or image column as a candidate, a one-valued column) is refused before any compute.
+            --seeds N means seeds 0..N-1; a comma list gives them (3,7).
+
+            examples:
+              metadino compass configs/demo_fino.yaml --label-column label \\
+                  --train-rows split=train --val-rows split=val --group-column plate \\
+                  --columns antibody,cell_line,plate,exposure,focus --steps 40 --seeds 2 --out runs/compass
+              metadino compass configs/demo_fino.yaml ...same flags... --dry-run   # trials + estimated time
+              metadino compass configs/microscopy.yaml data.table=/data/hpa/meta.csv --label-column localisation \\
+                  --train-rows split=train --val-rows split=val --steps 500 --seeds 3 --devices cuda:0,cuda:1
+            """
+        ),
+    )
+    p.add_argument("config", type=Path, help="YAML config of the adaptation (its guides are replaced per trial)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. data.table=meta.csv")
+    p.add_argument("--label-column", required=True, help="the task label the probes predict (never a candidate)")
+    p.add_argument("--train-rows", required=True, metavar="K=V[,K=V]", help="rows the probes are fitted on")
+    p.add_argument("--val-rows", required=True, metavar="K=V[,K=V]", help="rows the probes are scored on")
+    p.add_argument("--columns", default="", metavar="A,B", help="candidate columns (default: the audit's candidate "
+                   "metadata columns: not identifiers, splits or the label)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per trial (default: the config's train.steps)")
+    p.add_argument("--seeds", default="2", metavar="N|S,S", help="seeds per arm: a count (default 2: seeds 0, 1) "
+                   "or a comma list")
+    p.add_argument("--group-column", default=None, help="also report worst-group accuracy over this column")
+    p.add_argument("--metric", default="knn/accuracy", help="the score the suggestion follows (default knn/accuracy; "
+                   "also linear/accuracy, knn/worst_group_accuracy with --group-column, ...)")
+    p.add_argument("--devices", default="", metavar="D,D", help="devices to run trials on, one at a time each "
+                   "(default: every GPU when train.device is auto/cuda, else train.device)")
+    p.add_argument("--out", type=Path, default=Path("runs/compass"), help="output folder (default: runs/compass)")
+    p.add_argument("--dry-run", action="store_true", help="list the trials, their state and estimated time; run nothing")
+    p.add_argument("--step-seconds", type=float, default=None, metavar="S",
+                   help="seconds per training step for the --dry-run estimate (default: measured on finished trials)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "eval",
@@ -465,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
+    _add_compass(sub)
     _add_train(sub)
     _add_export(sub)
     _add_embed(sub)
@@ -621,6 +677,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compass(args: argparse.Namespace) -> int:
+    from metadino.compass import parse_seeds, run_compass
+
+    run_compass(args.config, overrides=args.overrides, label_column=args.label_column,
+                train_rows=parse_rows(args.train_rows), val_rows=parse_rows(args.val_rows),
+                columns=_columns(args.columns) or None, steps=args.steps, seeds=parse_seeds(args.seeds),
+                group_column=args.group_column, metric=args.metric, devices=_columns(args.devices) or None,
+                out=args.out, dry_run=args.dry_run, step_seconds=args.step_seconds, progress=not args.quiet)
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from metadino.config.reference import text_reference
 
@@ -644,6 +711,7 @@ COMMANDS = {
     "export": _cmd_export,
     "embed": _cmd_embed,
     "demo": _cmd_demo,
+    "compass": _cmd_compass,
     "eval": _cmd_eval,
     "inspect": _cmd_inspect,
     "show": _cmd_show,
@@ -657,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come after options (`train cfg.yaml --out r train.steps=9`): collect them here.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "train" or any(x.startswith("-") or "=" not in x for x in extra):
+        if args.command not in ("train", "compass") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     _quiet_libraries()
