@@ -17,3 +17,14 @@ def test_the_efficacy_study_arms_build_valid_configs(monkeypatch):
     cfg = config_from_dict(efficacy_study.fino_plate_paper_config(Path("/x/t.csv"), steps=6, seed=0, quick=True))
     assert cfg.guidance.balance_momentum == 0.99 and cfg.guidance.spurious_weight_divisor == 1.0
     sys.modules.pop("efficacy_study", None)
+
+
+def test_the_mfu_and_gpu_suite_configs_are_valid(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import mfu
+
+    for preset in ("vit-small", "vit-base", "vit-large"):
+        for precision in ("bf16", "fp16"):
+            cfg = config_from_dict(mfu._config(preset, precision, 32, 224, 96, 8, "ddp"))
+            assert cfg.train.precision == precision and cfg.ssl.head.out_dim == 65536
+    sys.modules.pop("mfu", None)
