@@ -170,3 +170,29 @@ def test_a_folder_of_yours_is_never_written(compass_config, tmp_path):
     with pytest.raises(UserError, match="not written by metadino compass"):
         run_compass(compass_config, out=out, runner=Recorder(), devices=["cpu"], **REQUEST)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_evaluating_a_trial_does_not_change_the_next_trials_threads(compass_config, tmp_path, monkeypatch):
+    """faiss sets OpenMP's thread count process-wide in the k-NN probe; on a busy 2-core machine 2 spinning OpenMP
+    threads made the next trial's steps ~15x slower. run_job restores the count it started with."""
+    import torch
+
+    import metadino.eval.evaluate as evaluate_module
+    from metadino.compass.trials import run_job
+
+    job = jobs(compass_config, tmp_path / "sweep")[0]
+    (job.dir / "checkpoints").mkdir(parents=True)
+    (job.dir / "checkpoints" / "step_00000002.pt").write_bytes(b"")
+    (job.dir / "config.yaml").write_text(yaml.safe_dump(job.config))
+    (job.dir / "backbone").mkdir()  # trained: only the evaluation runs
+
+    def fake_evaluate(*args, **kwargs):
+        torch.set_num_threads(3)
+        return {"knn": {"accuracy": 0.5}, "linear": {"accuracy": 0.25}}
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
+    before = torch.get_num_threads()
+    record = run_job(job, "cpu")
+    assert torch.get_num_threads() == before
+    assert record["scores"] == {"knn/accuracy": 0.5, "linear/accuracy": 0.25} and record["trained_steps"] == 0
+    assert trial_state(job).status == "done"

@@ -123,6 +123,8 @@ def _scores(metrics: dict[str, Any], names: Sequence[str]) -> dict[str, float]:
 
 def run_job(job: TrialJob, device: str, *, progress: bool = False) -> dict[str, Any]:
     """Train (or resume) and evaluate one trial on `device`; returns its record (also written to ``RECORD``)."""
+    import torch
+
     from metadino.eval.evaluate import evaluate
     from metadino.export import load_model
     from metadino.train.factory import build_layout, build_read_options
@@ -142,13 +144,17 @@ def run_job(job: TrialJob, device: str, *, progress: bool = False) -> dict[str, 
                                "checkpoint is saved); run the same command again to resume the sweep.")
         train_seconds, trained = result.seconds, result.end_step - result.start_step
     t0 = time.perf_counter()
-    metrics = evaluate(
-        str(job.dir), partial(load_model, str(job.dir)), table=cfg.data.table, label_column=job.label_column,
-        train_rows=job.train_rows, test_rows=job.val_rows, group_column=job.group_column, probes=("knn", "linear"),
-        out=job.dir / REPORT, image_column=cfg.data.image_column, root=cfg.data.root, layout=build_layout(cfg),
-        read=build_read_options(cfg), device=device, cache_dir=None, seed=job.seed, progress=False, report=False,
-        title=f"metadino compass: {job.name}",
-    )
+    threads = torch.get_num_threads()  # the k-NN probe may set OpenMP's thread count process-wide (faiss)
+    try:
+        metrics = evaluate(
+            str(job.dir), partial(load_model, str(job.dir)), table=cfg.data.table, label_column=job.label_column,
+            train_rows=job.train_rows, test_rows=job.val_rows, group_column=job.group_column, probes=("knn", "linear"),
+            out=job.dir / REPORT, image_column=cfg.data.image_column, root=cfg.data.root, layout=build_layout(cfg),
+            read=build_read_options(cfg), device=device, cache_dir=None, seed=job.seed, progress=False, report=False,
+            title=f"metadino compass: {job.name}",
+        )
+    finally:
+        torch.set_num_threads(threads)  # the next trial trains with the threads this one did
     record = {
         "trial": job.name, "column": job.column, "role": job.role, "seed": job.seed, "digest": job.digest,
         "steps": int(job.config["train"]["steps"]), "trained_steps": trained, "train_seconds": round(train_seconds, 2),
