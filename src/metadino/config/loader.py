@@ -33,7 +33,7 @@ _T = TypeVar("_T", bound="DataclassInstance")
 # schedule is a function of the total, so a new total would bend the rest of the LR / EMA / temperature curves).
 RESUMABLE_CHANGES = frozenset(
     {"train.num_workers", "train.device", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-     "train.on_nonfinite", "train.max_skipped_steps", "train.compile"}
+     "train.on_nonfinite", "train.max_skipped_steps", "train.compile", "train.log_to"}
 )
 
 # Keys added after runs had been saved, at the value that reproduces the behaviour from before they existed: a saved
@@ -64,6 +64,7 @@ NEUTRAL_NEW_KEYS: dict[str, Any] = {
     "train.compile": False,
     "train.parallel": "ddp",
     "train.fsdp_reshard_after_forward": True,
+    "train.log_to": ["jsonl"],
 }
 
 _UNION_ORIGINS = (typing.Union, types.UnionType)

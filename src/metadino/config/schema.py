@@ -381,6 +381,12 @@ class TrainConfig:
     checkpoint_every: int = opt(500, "Steps between checkpoints.")
     keep_checkpoints: int = opt(2, "Newest checkpoints kept in the run directory.")
     log_every: int = opt(10, "Steps between log lines.")
+    log_to: list[Literal["jsonl", "tensorboard"]] = opt(
+        ["jsonl"],
+        "Where each log record goes: RUN_DIR/metrics.jsonl (always; the report reads it) and, with tensorboard, "
+        "RUN_DIR/tensorboard/ too (loss terms, guide terms and λ, learning rate, gradient norms, images/s; "
+        "`pip install tensorboard`, then `tensorboard --logdir RUN_DIR`).",
+    )
     on_nonfinite: Literal["stop", "skip"] = opt(
         "stop", "A step whose loss is NaN or infinite: stop the run, or skip it (no update of weights, optimizer, "
         "EMA teacher, centres or prototypes; logged) up to train.max_skipped_steps times.")

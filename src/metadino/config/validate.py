@@ -205,6 +205,8 @@ def validate_optim(cfg: Config) -> None:
 
 def validate_train(cfg: Config) -> None:
     t = cfg.train
+    _check("jsonl" in t.log_to, "train.log_to", "must include jsonl (metrics.jsonl feeds the report and the resume).")
+    _check(len(set(t.log_to)) == len(t.log_to), "train.log_to", f"names a destination twice: {t.log_to}.")
     if t.parallel == "fsdp":
         _check(cfg.adapt.mode != "lora", "train.parallel",
                "fsdp does not shard peft's LoRA layers yet; use train.parallel: ddp with adapt.mode: lora.")

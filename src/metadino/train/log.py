@@ -11,6 +11,7 @@ from typing import IO, Any
 import torch
 from tqdm import tqdm
 
+from metadino.errors import UserError
 from metadino.files import atomic_write_text
 from metadino.train.distributed import mean_across_ranks
 from metadino.train.task import StepOutput
@@ -25,7 +26,7 @@ class StepLog:
 
     def __init__(self, path: Path, *, start_step: int, end_step: int, log_every: int, global_batch: int,
                  device: torch.device, is_main: bool, progress: bool, watch: UniformTargetWatch | None,
-                 guide_columns: tuple[str, ...] = ()):
+                 guide_columns: tuple[str, ...] = (), tensorboard: Path | None = None):
         self.path, self.start_step, self.end_step, self.log_every = path, start_step, end_step, log_every
         self.global_batch, self.device, self.is_main, self.watch = global_batch, device, is_main, watch
         self.guide_columns = set(guide_columns)
@@ -35,6 +36,8 @@ class StepLog:
         self._bar = tqdm(total=end_step, initial=start_step, disable=not (progress and is_main), desc="train", unit="step",
                          dynamic_ncols=True, file=sys.stderr)
         self._file: IO[str] | None = None
+        self._tensorboard_dir = tensorboard
+        self._writer: Any = None  # torch.utils.tensorboard.SummaryWriter on the main process, with train.log_to
         self._t_last = time.perf_counter()
         self._images = 0
         self._waited = 0.0
@@ -45,6 +48,8 @@ class StepLog:
         if self.is_main:
             self._truncate()
             self._file = open(self.path, "a")
+            if self._tensorboard_dir is not None:
+                self._writer = open_tensorboard(self._tensorboard_dir, purge_step=self.start_step + 1)
         return self
 
     def _truncate(self) -> None:
@@ -62,6 +67,8 @@ class StepLog:
         atomic_write_text(self.path, "".join(kept))
 
     def __exit__(self, *exc: Any) -> None:
+        if self._writer is not None:
+            self._writer.close()
         if self._last is not None:
             self.last_loss = float(self._last)  # the last step's loss, also when it was not a logged step
         self._flush_watch()
@@ -131,6 +138,11 @@ class StepLog:
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+        if self._writer is not None:
+            for name, value in record.items():
+                if name != "step":
+                    self._writer.add_scalar(_tensorboard_tag(name), value, step)
+            self._writer.flush()
         postfix = {"loss": f"{values['total']:.3f}", "img_s": f"{record['images_per_s']:.1f}", "lr": f"{sched['lr']:.2e}"}
         if self.guide_columns:
             postfix["λ"] = f"{sched['guide_lambda']:.2f}"
@@ -138,3 +150,24 @@ class StepLog:
             postfix.update({name[len("guide/"):]: f"{value:.3f}" for name, value in values.items()
                             if name.startswith("guide/") and name[len("guide/"):] in self.guide_columns})
         self._bar.set_postfix(postfix)
+
+
+def open_tensorboard(folder: Path, *, purge_step: int) -> Any:
+    """A SummaryWriter into `folder`; events after `purge_step` from an earlier (resumed) run are dropped."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:  # torch ships the writer, tensorboard the event format
+        raise UserError("train.log_to includes tensorboard, but the tensorboard package is not installed; "
+                        "`pip install tensorboard` or remove it from train.log_to") from err
+    return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
+
+
+def _tensorboard_tag(name: str) -> str:
+    """Group the scalars: losses/…, guide/…, schedule/…, grad_norm/…, data/…."""
+    if "/" in name:
+        return name
+    if name in ("lr", "weight_decay", "momentum", "teacher_temp", "last_layer_lr", "backbone_scale", "guide_lambda"):
+        return f"schedule/{name}"
+    if name in ("images_per_s", "data_wait_share"):
+        return f"data/{name}"
+    return f"loss/{name}"

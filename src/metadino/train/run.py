@@ -109,6 +109,7 @@ class Run:
     skipped_steps: int = 0  # non-finite steps skipped before this process (from the checkpoint): one budget per run
     table: MetadataTable | None = None  # the training rows: the divergence message names a batch's rows
     scaler: torch.amp.GradScaler | None = None  # fp16: the dynamic loss scale (its state is in every checkpoint)
+    tensorboard_dir: Path | None = None  # train.log_to: tensorboard -> RUN_DIR/tensorboard
     sharded: bool = False  # FSDP: checkpoints are DCP folders, the export gathers the full teacher first
     rebuild_backbone: Callable[[], Any] | None = None  # FSDP: an unsharded backbone to load the gathered export into
     data_position: int = 0  # batches used before this process: the step, plus fp16 overflow steps (their batches)
@@ -352,6 +353,7 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
         trainable_params=trainable, total_params=total_params, summary=summary, lock=lock,
         on_nonfinite=cfg.train.on_nonfinite, max_skipped_steps=cfg.train.max_skipped_steps, table=table,
         skipped_steps=skipped_steps, scaler=scaler, data_position=data_position, sharded=sharded,
+        tensorboard_dir=run_dir / "tensorboard" if "tensorboard" in cfg.train.log_to else None,
         rebuild_backbone=(lambda: _unsharded_export_backbone(cfg)) if sharded else None,
     )
 
