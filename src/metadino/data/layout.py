@@ -58,3 +58,21 @@ def check_fits_memory(path: Path | str, shape: tuple[int, ...], dtype: np.dtype 
             f"{need / 2**30:.1f} GiB to decode but {available / 2**30:.1f} GiB of memory is free; read a lower "
             f"resolution level (data.read.level), or cut the scene into tiles (data.tiles)"
         )
+
+
+PLANE_NOUNS = {"z": "Z planes", "t": "time points"}
+
+
+def choose_plane(what: str, axis: str, length: int, chosen: int | None) -> int:
+    """The index along a Z or T `axis` ("z" / "t") of `length` that ``data.read.<axis>`` (`chosen`) selects: a single
+    plane needs no choice; several need one, in range. `what` names the file in messages ("TIFF a.tif")."""
+    noun = PLANE_NOUNS[axis]
+    if chosen is None:
+        if length == 1:
+            return 0
+        raise UserError(f"{what} holds {length} {noun}; choose one with data.read.{axis}")
+    if not 0 <= chosen < length:
+        raise UserError(
+            f"{what} holds {length} {noun} (0 to {length - 1}) but data.read.{axis} is {chosen}; choose one of them"
+        )
+    return chosen

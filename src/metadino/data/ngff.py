@@ -26,12 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from metadino.data.layout import check_fits_memory, too_large
+from metadino.data.layout import PLANE_NOUNS, check_fits_memory, choose_plane, too_large
 from metadino.data.reading import DEFAULT_READ, ReadOptions, Tile
 from metadino.errors import UserError
 
 _AXIS_TYPES = {"time": "t", "channel": "c"}
-_PLANE_AXES = {"z": "Z planes", "t": "time points"}
 
 
 @dataclass(frozen=True)
@@ -121,8 +120,8 @@ def read_ngff(path: Path, options: ReadOptions = DEFAULT_READ, tile: Tile | None
     axes = image.axes(len(shape))
     index: list[int | slice] = []
     for axis, length in zip(axes, shape, strict=True):
-        if axis in _PLANE_AXES:
-            index.append(_plane(image.where, axis, length, options))
+        if axis in PLANE_NOUNS:
+            index.append(choose_plane(f"OME-Zarr {image.where}", axis, length, getattr(options, axis)))
         elif axis in "cyx":
             index.append(slice(None))
         elif length == 1:
@@ -271,21 +270,6 @@ def _axis_names(axes: Any) -> str:
     if not isinstance(axes, list):
         return repr(axes)
     return "[" + ", ".join(str(a.get("name") if isinstance(a, dict) else a) for a in axes) + "]"
-
-
-def _plane(where: str, axis: str, length: int, options: ReadOptions) -> int:
-    noun = _PLANE_AXES[axis]
-    chosen: int | None = getattr(options, axis)
-    if chosen is None:
-        if length == 1:
-            return 0
-        raise UserError(f"OME-Zarr {where} holds {length} {noun}; choose one with data.read.{axis}")
-    if not 0 <= chosen < length:
-        raise UserError(
-            f"OME-Zarr {where} holds {length} {noun} (0 to {length - 1}) but data.read.{axis} is {chosen}; "
-            f"choose one of them"
-        )
-    return chosen
 
 
 def _tile_origin(image: _Image, tile: Tile, level: int, axes: str, shape: tuple[int, ...]) -> tuple[int, int]:

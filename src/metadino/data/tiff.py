@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from metadino.data.layout import channels_first, check_fits_memory, too_large
+from metadino.data.layout import channels_first, check_fits_memory, choose_plane, too_large
 from metadino.data.reading import DEFAULT_READ, ReadOptions, Tile
 from metadino.errors import UserError
 
@@ -41,7 +41,7 @@ _TIFF_CODEC_ERROR = re.compile(
     r"|is not a known (COMPRESSION|PREDICTOR)"
 )
 _CHANNEL_AXES = "CS"
-_PLANE_AXES = {"Z": ("z", "Z planes"), "T": ("t", "time points")}
+_PLANE_AXES = ("Z", "T")
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def _plan(path: Path, axes: str, shape: tuple[int, ...], options: ReadOptions) -
     unlabelled = False
     for axis, length in zip(axes, shape, strict=True):
         if axis in _PLANE_AXES:
-            index.append(_plane(path, axis, length, options))
+            index.append(choose_plane(f"TIFF {path}", axis.lower(), length, getattr(options, axis.lower())))
         elif axis in _CHANNEL_AXES or axis in "YX":
             index.append(slice(None))
         elif length == 1:
@@ -192,21 +192,6 @@ def _plan(path: Path, axes: str, shape: tuple[int, ...], options: ReadOptions) -
     else:  # channel-last
         height_axis, width_axis = kept[0], kept[1]
     return _Plan(tuple(index), kept, height_axis, width_axis, labelled=False)
-
-
-def _plane(path: Path, axis: str, length: int, options: ReadOptions) -> int | slice:
-    key, noun = _PLANE_AXES[axis]
-    chosen: int | None = getattr(options, key)
-    if chosen is None:
-        if length == 1:
-            return 0
-        raise UserError(f"TIFF {path} holds {length} {noun}; choose one with data.read.{key}")
-    if not 0 <= chosen < length:
-        raise UserError(
-            f"TIFF {path} holds {length} {noun} (0 to {length - 1}) but data.read.{key} is {chosen}; choose "
-            f"one of them"
-        )
-    return chosen
 
 
 def _tile_origin(
