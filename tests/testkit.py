@@ -186,6 +186,34 @@ def write_labelled_table(folder: Path, n: int = 60, size: int = 32, seed: int = 
     return table
 
 
+def write_channel_files_table(table: Path, out: Path, *, read: dict | None = None, nan_corner: bool = False) -> Path:
+    """The RGB table of :func:`write_labelled_table` as one .npy file per channel (HPA-like: `{Id}_{r,g,b}.npy`, no
+    path column): writes OUT/t.csv, the channel files under OUT/channels and OUT/t.data.yaml (its data: block, with
+    `read` as data.read); returns the YAML. `nan_corner`: pixel (0, 0) of every channel file is NaN (no data)."""
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from metadino.data.images import load_image
+
+    frame = pd.read_csv(table)
+    folder = out / "channels"
+    folder.mkdir(parents=True)
+    for i, path in enumerate(frame["path"]):
+        img = load_image(table.parent / path).numpy()
+        for c, name in enumerate(("r", "g", "b")):
+            plane = img[c].copy()
+            if nan_corner:
+                plane[0, 0] = np.nan
+            np.save(folder / f"im{i}_{name}.npy", plane)
+    frame["Id"] = [f"im{i}" for i in range(len(frame))]
+    frame.drop(columns=["path"]).to_csv(out / "t.csv", index=False)
+    data = {"table": str(out / "t.csv"), "root": str(folder), "image_template": "{Id}_{channel}.npy",
+            "channels": ["r", "g", "b"], **({"read": read} if read else {})}
+    (out / "t.data.yaml").write_text(yaml.safe_dump({"data": data}))
+    return out / "t.data.yaml"
+
+
 def write_tiny_model(folder: Path, seed: int = 0, depth: int = 2) -> Path:
     """A random 2-block, 32-wide built-in ViT (LayerScale 1) written as a metadino export directory (32 px input)."""
     from dataclasses import replace

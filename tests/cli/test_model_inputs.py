@@ -6,7 +6,7 @@ import json
 
 from metadino.cli import main as cli
 from metadino.embed import read_embeddings
-from testkit import write_labelled_table, write_tiny_model
+from testkit import write_channel_files_table, write_labelled_table, write_tiny_model
 
 
 def test_embed_eval_and_inspect_take_the_input_size_and_say_which_preprocessing_they_used(tmp_path, capsys):
@@ -38,24 +38,11 @@ def test_data_config_gives_eval_embed_and_inspect_the_training_layout(tmp_path, 
     import pandas as pd
     import yaml
 
-    from metadino.data.images import load_image
-
     table = write_labelled_table(tmp_path / "data")
     model = write_tiny_model(tmp_path / "model")
     frame = pd.read_csv(table)
-    folder = tmp_path / "channels"
-    folder.mkdir()
-    for i, path in enumerate(frame["path"]):
-        img = load_image(table.parent / path).numpy()
-        for c, name in enumerate(("r", "g", "b")):
-            plane = img[c].copy()
-            plane[0, 0] = np.nan  # a no-data pixel in every channel file
-            np.save(folder / f"im{i}_{name}.npy", plane)
-    frame["Id"] = [f"im{i}" for i in range(len(frame))]
-    frame.drop(columns=["path"]).to_csv(tmp_path / "t.csv", index=False)
-    data = {"table": str(tmp_path / "t.csv"), "root": str(folder), "image_template": "{Id}_{channel}.npy",
-            "channels": ["r", "g", "b"], "read": {"nodata": "fill"}}
-    (tmp_path / "t.data.yaml").write_text(yaml.safe_dump({"data": data}))
+    data_yaml = write_channel_files_table(table, tmp_path, read={"nodata": "fill"}, nan_corner=True)
+    data = yaml.safe_load(data_yaml.read_text())["data"]
     base = ["--table", str(tmp_path / "t.csv"), "--quiet"]
     assert cli(["embed", str(model), *base, "--out", str(tmp_path / "e.parquet")]) == 2
     assert "t.csv has no image column 'path'" in capsys.readouterr().err

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from metadino.cli import main as cli
-from testkit import write_labelled_table, write_tiny_model
+from testkit import write_channel_files_table, write_labelled_table, write_tiny_model
 
 
 def _one_line_error(capsys, code: int) -> str:
@@ -52,22 +50,9 @@ def test_show_mistakes_are_one_sentence(tmp_path, capsys, extra, expected):
 
 
 def test_show_reads_the_table_through_a_data_config(tmp_path, capsys):
-    from metadino.data.images import load_image
-
     table = write_labelled_table(tmp_path / "data", n=6)
     model = write_tiny_model(tmp_path / "model")
-    frame = pd.read_csv(table)
-    folder = tmp_path / "channels"
-    folder.mkdir()
-    for i, path in enumerate(frame["path"]):
-        img = load_image(table.parent / path).numpy()
-        for c, name in enumerate(("r", "g", "b")):
-            np.save(folder / f"im{i}_{name}.npy", img[c])
-    frame["Id"] = [f"im{i}" for i in range(len(frame))]
-    frame.drop(columns=["path"]).to_csv(tmp_path / "t.csv", index=False)
-    data = {"table": str(tmp_path / "t.csv"), "root": str(folder), "image_template": "{Id}_{channel}.npy",
-            "channels": ["r", "g", "b"]}
-    (tmp_path / "t.data.yaml").write_text(yaml.safe_dump({"data": data}))
+    write_channel_files_table(table, tmp_path)
     assert cli(["show", str(model), "--table", str(tmp_path / "t.csv"), "--data-config", str(tmp_path / "t.data.yaml"),
                 "--n", "2", "--out", str(tmp_path / "s.png")]) == 0
 
