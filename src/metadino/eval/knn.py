@@ -11,7 +11,6 @@ it runs on the GPU where the features are.
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 import torch
@@ -65,7 +64,6 @@ def topk_cosine(train: torch.Tensor, queries: torch.Tensor, k: int, *, backend: 
 def _faiss_topk(train: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     import faiss
 
-    faiss.omp_set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
     index = faiss.IndexFlatIP(train.shape[1])
     index.add(train.detach().cpu().float().contiguous().numpy())
     sims, idx = index.search(queries.detach().cpu().float().contiguous().numpy(), k)
