@@ -133,3 +133,23 @@ def test_refuses_to_touch_foreign_files(tmp_path, dataset):
 def test_bad_arguments(tmp_path, kwargs):
     with pytest.raises(UserError, match="invalid synthetic dataset settings"):
         generate_dataset(tmp_path / "x", n_images=4, **kwargs)
+
+
+def test_nucleus_boxes_change_nothing_else(tmp_path):
+    import pandas as pd
+
+    plain = pd.read_csv(generate_dataset(tmp_path / "a", n_images=24, image_size=32, seed=3))
+    boxed = pd.read_csv(generate_dataset(tmp_path / "b", n_images=24, image_size=32, seed=3, boxes=True))
+    assert list(boxed.columns) == [*plain.columns, "x0", "y0", "x1", "y1"]
+    pd.testing.assert_frame_equal(boxed[plain.columns], plain)
+    for path in plain["path"]:  # the images are byte-identical
+        assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()
+    assert ((boxed.x0 < boxed.x1) & (boxed.y0 < boxed.y1) & (boxed.x1 <= 32) & (boxed.y1 <= 32)).all()
+    # the box holds the bright nucleus channel: more signal inside than outside
+    import tifffile
+
+    img = tifffile.imread(tmp_path / "b" / boxed.path[0]).astype(float)
+    nucleus = img[0] if img.shape[0] == 4 else img[..., 0]
+    r = boxed.iloc[0]
+    inside = nucleus[r.y0:r.y1, r.x0:r.x1].mean()
+    assert inside > nucleus.mean()

@@ -148,6 +148,7 @@ def generate_dataset(
     seed: int = 0,
     progress: bool = False,
     overwrite: bool = False,
+    boxes: bool = False,
 ) -> Path:
     """Write images + ``metadata.csv`` (+ ``generator.json``) into ``out_dir`` and return the table path.
 
@@ -162,6 +163,9 @@ def generate_dataset(
         seed: everything is a deterministic function of the arguments.
         progress: show a tqdm progress bar.
         overwrite: allow replacing an earlier synthetic dataset in ``out_dir``.
+        boxes: add columns ``x0, y0, x1, y1``: the bounding box (pixels, x1/y1 exclusive) of the field's nuclei
+            (nucleus mask > 0.5), for label-guided crops and the localisation score. Computed from the drawn cells
+            with no further random draws: images and every other column are the same with or without it.
     """
     _check_args(n_images, image_size, channels, n_cell_lines, n_antibodies, n_plates, n_heldout_plates,
                 missing_antibody_fraction)
@@ -184,8 +188,10 @@ def generate_dataset(
     (out / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
 
     ab_of_row = table.pop("_antibody_index").to_numpy()
-    _render_images(out, table, ab_of_row, lines, antibodies, plates, image_size=image_size, channels=channels,
-                   seed=seed, progress=progress)
+    nuclei = _render_images(out, table, ab_of_row, lines, antibodies, plates, image_size=image_size,
+                            channels=channels, seed=seed, progress=progress)
+    if boxes:
+        table["x0"], table["y0"], table["x1"], table["y1"] = nuclei.T
 
     # Table last: a folder with metadata.csv holds a complete dataset.
     table_path = out / TABLE
@@ -211,8 +217,9 @@ def _marker(parameters: dict[str, Any], channels: int, table: pd.DataFrame, line
 
 def _render_images(out: Path, table: pd.DataFrame, ab_of_row: np.ndarray, lines: list[_CellLine],
                    antibodies: list[_Antibody], plates: list[_Plate], *, image_size: int, channels: int, seed: int,
-                   progress: bool) -> None:
-    """Render and write every row's image, in batches with their own generators (seed, 1, batch index)."""
+                   progress: bool) -> np.ndarray:
+    """Render and write every row's image, in batches with their own generators (seed, 1, batch index); returns
+    each row's nucleus box ``[n, 4]`` (x0, y0, x1, y1)."""
     from tqdm.auto import tqdm
 
     line_index = {line.name: i for i, line in enumerate(lines)}
@@ -220,6 +227,7 @@ def _render_images(out: Path, table: pd.DataFrame, ab_of_row: np.ndarray, lines:
     label_index = {label: i for i, label in enumerate(LABELS)}
     n_images = len(table)
     batch = max(1, (1 << 18) // (image_size * image_size))  # ~64 images at 64 px; bounds memory at large sizes
+    boxes = np.zeros((n_images, 4), dtype=np.int64)
     (out / "images").mkdir(parents=True, exist_ok=True)
     for plate in plates:
         (out / "images" / plate.name).mkdir(exist_ok=True)
@@ -227,7 +235,7 @@ def _render_images(out: Path, table: pd.DataFrame, ab_of_row: np.ndarray, lines:
         for b, start in enumerate(range(0, n_images, batch)):
             rows = table.iloc[start:start + batch]
             brng = np.random.default_rng([seed, 1, b])
-            images = _render(
+            images, boxes[start:start + len(rows)] = _render(
                 brng,
                 image_size,
                 [lines[line_index[v]] for v in rows["cell_line"]],
@@ -239,6 +247,7 @@ def _render_images(out: Path, table: pd.DataFrame, ab_of_row: np.ndarray, lines:
             )
             _write_images(out, rows["path"].tolist(), images, channels)
             bar.update(len(rows))
+    return boxes
 
 
 # ---------------------------------------------------------------------------------- arguments & io
@@ -493,8 +502,10 @@ def _ellipse_to_image(cx: np.ndarray, cy: np.ndarray, a: np.ndarray, b: np.ndarr
 
 
 def _render(rng: np.random.Generator, size: int, lines: list[_CellLine], abs_: list[_Antibody],
-            labels: list[int], plates: list[_Plate], exposure: np.ndarray, focus: np.ndarray) -> np.ndarray:
-    """Draw a batch of fields of view and apply each plate's batch effect; returns [B, 4, S, S] in [0, 1].
+            labels: list[int], plates: list[_Plate], exposure: np.ndarray,
+            focus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a batch of fields of view and apply each plate's batch effect; returns [B, 4, S, S] in [0, 1] and the
+    nucleus boxes [B, 4] (from the masks: no random draw).
 
     The steps draw from ``rng`` in a fixed order (cells, nucleoli, chromatin, microtubules, ER, protein,
     acquisition): reordering them would change every generated image.
@@ -508,7 +519,19 @@ def _render(rng: np.random.Generator, size: int, lines: list[_CellLine], abs_: l
     er_ch = _endoplasmic_reticulum(rng, cells, maps, size)
     protein = _protein_channel(rng, size, abs_, labels, cells, maps, nucleoli, nucleoli_mask, er_ch)
     clean = np.stack([nucleus_ch, micro, er_ch, protein], axis=1).astype(np.float32)  # [B, 4, S, S]
-    return _acquire(rng, clean, plates, exposure, focus)
+    return _acquire(rng, clean, plates, exposure, focus), _mask_boxes(np.asarray(maps.nuc > 0.5))
+
+
+def _mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """[B, S, S] bool -> [B, 4] int (x0, y0, x1, y1), x1/y1 exclusive; an empty mask gives the whole field."""
+    size = masks.shape[-1]
+    rows, cols = np.asarray(masks.any(axis=2)), np.asarray(masks.any(axis=1))  # [B, S] each: y and x extents
+    out = np.tile(np.array([0, 0, size, size]), (len(masks), 1))
+    for i in range(len(masks)):
+        ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
+        if len(ys) and len(xs):
+            out[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return out
 
 
 def _column(items: Sequence[object], name: str) -> np.ndarray:
