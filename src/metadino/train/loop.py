@@ -33,7 +33,7 @@ from metadino.train.checkpoint import (
     save_checkpoint,
     sharded_checkpoint_path,
 )
-from metadino.train.distributed import all_ranks_finite, all_ranks_true, barrier
+from metadino.train.distributed import all_ranks_finite, barrier
 from metadino.train.fsdp import full_state_dict, save_sharded
 from metadino.train.log import StepLog
 from metadino.train.optim import apply_optim_schedule
@@ -120,12 +120,15 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
             if scaler is not None:
                 scaler.unscale_(optimizer)  # clip and log the true gradients
             grad_norms = _clip(run.clip_groups, run.clip_grad)
-            # One host sync per step: the loss and every gradient norm finite, on every rank. A finite loss can still
-            # overflow in backward (bf16, fp16): never step on a non-finite gradient.
-            loss_ok, grads_ok = all_ranks_finite(torch.stack([
+            # One host sync per step: the loss and every gradient norm finite, and no stop request, on every rank. A
+            # finite loss can still overflow in backward (bf16, fp16): never step on a non-finite gradient.
+            device = out.loss.device
+            loss_ok, grads_ok, go_on = all_ranks_finite(torch.stack([
                 torch.isfinite(out.loss.detach()).all(),
                 torch.stack([torch.isfinite(v) for v in grad_norms.values()]).all() if grad_norms
-                else torch.tensor(True, device=out.loss.device)]))
+                else torch.tensor(True, device=device),
+                torch.tensor(not stop.requested, device=device)]))
+            stop_now = not go_on
             finite = loss_ok and grads_ok
             if loss_ok and not grads_ok and scaler is not None:
                 # fp16 overflow: nothing moves and the step is not taken; a smaller scale, the next batch
@@ -134,6 +137,9 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
                 if overflows > MAX_OVERFLOWS_IN_A_ROW:
                     raise TrainingDiverged(_divergence_message(run, step, out, batch, skipped))
                 log.overflow(step, scaler.get_scale())
+                if stop_now:  # the scale and the data position moved: saved with the unchanged weights
+                    _save(run, step, skipped, position)
+                    break
                 continue
             if finite:
                 optimizer.step()
@@ -151,7 +157,6 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
                 log.skipped(step, out, skipped)
             else:
                 raise TrainingDiverged(_divergence_message(run, step, out, batch, skipped))
-            stop_now = not all_ranks_true(not stop.requested, run.device)
             if step % run.checkpoint_every == 0 or step == run.end_step or stop_now:
                 _save(run, step, skipped, position)
             if stop_now:
