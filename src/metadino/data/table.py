@@ -79,8 +79,9 @@ class MetadataTable:
         """Short sha256 over the selection's content, for run provenance (resume) and the feature cache.
 
         It covers the column names and dtypes, every cell of the selected rows (pandas' vectorised hash, about a
-        second per million rows), their "row N" numbers, image paths and any image bytes held in the table. Not the file's mtime or size: a table
-        rewritten with identical content keeps its fingerprint; any changed cell, column or selection changes it.
+        second per million rows), their "row N" numbers, image paths and any image bytes held in the table. Not the
+        file's mtime or size: a table rewritten with identical content keeps its fingerprint; any changed cell, column
+        or selection changes it.
         """
         h = hashlib.sha256()
         for column in sorted(self.frame.columns, key=str):
@@ -94,7 +95,7 @@ class MetadataTable:
                 hashed = pd.util.hash_pandas_object(series.map(repr), index=False)
             h.update(hashed.to_numpy().tobytes())
         h.update(b"\1" + np.asarray(self.row_numbers, dtype=np.int64).tobytes())
-        for files in self.images.files:  # one file per row: the digest runs saved before channel files recorded
+        for files in self.images.files:  # one file per row hashes as before channel files existed: saved runs match
             for text in files.to_pylist():
                 h.update(str(text).encode() + b"\0")
         self.images.bytes_digest(h)
