@@ -11,7 +11,7 @@ import torch
 from metadino.config import config_from_dict
 from metadino.errors import UserError
 from metadino.train.checkpoint import list_checkpoints, load_latest_checkpoint
-from testkit import small_config, tiny_config, torchrun_train
+from testkit import tiny_config, torchrun_train
 
 # KoLeo is per rank by design and drop-path draws differ per rank: off, so that the objective of a global batch is the
 # same on any number of processes.
@@ -77,11 +77,27 @@ def test_sharded_checkpoints_resume_on_two_one_and_four_processes(tmp_path, imag
         assert (run / "backbone" / "preprocessing.json").is_file()
 
 
+@pytest.mark.integration
+def test_fsdp_fp16_agrees_on_the_loss_scale_and_resumes_exactly(tmp_path, image_table):
+    """fp16 under FSDP: an overflow found in one rank's shards is every rank's (ShardedGradScaler all-reduces it), so
+    the ranks keep one scale; the scale is in the sharded checkpoint and the resumed run equals the straight one."""
+    cfg = _cfg(image_table, "fsdp", 2, steps=4)
+    cfg["train"]["precision"] = "fp16"
+    torchrun_train(cfg, tmp_path / "s.yaml", tmp_path / "straight")
+    records = _log(tmp_path / "straight")
+    assert any(r.get("overflow") for r in records) and [r["step"] for r in records if not r.get("overflow")] == [1, 2, 3, 4]
+    torchrun_train(cfg, tmp_path / "a.yaml", tmp_path / "split", extra=("--stop-after", "2"))
+    torchrun_train(cfg, tmp_path / "b.yaml", tmp_path / "split", extra=("--resume",))
+    a, b = load_latest_checkpoint(tmp_path / "straight"), load_latest_checkpoint(tmp_path / "split")
+    assert a["scaler"] == b["scaler"] and a["scaler"]["scale"] < 65536.0
+    assert a["data_position"] == b["data_position"] > 4
+    for k in a["task"]:
+        assert torch.equal(a["task"][k], b["task"][k]), k
+
+
 def test_fsdp_refuses_what_it_cannot_shard_yet():
     with pytest.raises(UserError, match=r"train\.parallel.*LoRA"):
         config_from_dict({**_minimal(), "train": {"parallel": "fsdp"}, "adapt": {"mode": "lora"}})
-    with pytest.raises(UserError, match=r"train\.parallel.*fp16"):
-        small_config(train={"parallel": "fsdp", "precision": "fp16"})
 
 
 def _minimal() -> dict:

@@ -210,8 +210,6 @@ def validate_train(cfg: Config) -> None:
     if t.parallel == "fsdp":
         _check(cfg.adapt.mode != "lora", "train.parallel",
                "fsdp does not shard peft's LoRA layers yet; use train.parallel: ddp with adapt.mode: lora.")
-        _check(t.precision != "fp16", "train.parallel",
-               "fsdp with fp16 needs a loss scale agreed across shards, not supported yet; use bf16 or fp32.")
     _check(t.steps >= 1, "train.steps", f"must be at least 1, got {t.steps}.")
     _check(t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}.")
     _check(t.num_workers >= 0, "train.num_workers", "must be >= 0.")

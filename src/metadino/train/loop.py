@@ -251,7 +251,8 @@ def _save(run: Run, step: int, skipped: int, position: int) -> None:
 def _save_sharded(run: Run, step: int, skipped: int, position: int, rng: Any) -> None:
     """FSDP: every rank writes its shards (a DCP folder), the main process the meta and the `latest` pointer."""
     meta = {"schema_version": SCHEMA_VERSION, "step": step, "rng": rng, "skipped_steps": skipped,
-            "data_position": position, "scaler": None, **run.checkpoint_meta}
+            "data_position": position, "scaler": None if run.scaler is None else run.scaler.state_dict(),
+            **run.checkpoint_meta}
     path = sharded_checkpoint_path(run.dir, step)
     try:
         checkpoint_dir(run.dir).mkdir(parents=True, exist_ok=True)

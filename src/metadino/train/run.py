@@ -309,7 +309,7 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
         task.compile_backbones()
     optimizer = build_optimizer(cfg, task)
     trainable, total_params, summary = _summary(task, cfg)
-    scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
+    scaler = _grad_scaler(device, sharded) if cfg.train.precision == "fp16" else None
     if resume:
         start_step, skipped_steps, data_position = _restore(run_dir, task, optimizer, cfg, table, device, info, scaler)
     else:
@@ -356,6 +356,16 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
         tensorboard_dir=run_dir / "tensorboard" if "tensorboard" in cfg.train.log_to else None,
         rebuild_backbone=(lambda: _unsharded_export_backbone(cfg)) if sharded else None,
     )
+
+
+def _grad_scaler(device: torch.device, sharded: bool) -> torch.amp.GradScaler:
+    """fp16's dynamic loss scale. Sharded: each rank sees only its shards' gradients, so whether one overflowed is
+    agreed across ranks (ShardedGradScaler all-reduces it) and every rank keeps the same scale."""
+    if sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type)
+    return torch.amp.GradScaler(device.type)
 
 
 def _unsharded_export_backbone(cfg: Config) -> Any:
