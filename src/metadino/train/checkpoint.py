@@ -83,10 +83,11 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return found
 
 
-def load_checkpoint_file(path: Path) -> dict[str, Any]:
-    """A checkpoint as one dict of full (unsharded) tensors; a sharded folder is gathered here, in this process."""
+def load_checkpoint_file(path: Path, *, gather: bool = True) -> dict[str, Any]:
+    """A checkpoint as one dict of full (unsharded) tensors; a sharded folder is gathered here, in this process —
+    or, with ``gather=False``, only its meta plus ``sharded_path`` (for a sharded run to load its own shards)."""
     if path.is_dir():
-        return _load_sharded_as_full(path)
+        return _load_sharded_as_full(path) if gather else _load_sharded_meta(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated/corrupt zips
@@ -96,15 +97,16 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_latest_checkpoint(run_dir: str | Path) -> dict[str, Any]:
-    """The newest readable checkpoint; a corrupt newest one falls back to the previous with a warning."""
+def load_latest_checkpoint(run_dir: str | Path, *, gather: bool = True) -> dict[str, Any]:
+    """The newest readable checkpoint; a corrupt newest one falls back to the previous with a warning. ``gather``:
+    see :func:`load_checkpoint_file`."""
     candidates = list_checkpoints(run_dir)
     if not candidates:
         raise UserError(f"no checkpoint found in '{checkpoint_dir(run_dir)}'; nothing to resume or export.")
     errors = []
     for path in candidates:
         try:
-            state = load_checkpoint_file(path)
+            state = load_checkpoint_file(path, gather=gather)
         except UserError as e:
             errors.append(str(e))
             continue
@@ -112,6 +114,16 @@ def load_latest_checkpoint(run_dir: str | Path) -> dict[str, Any]:
             warnings.warn(f"skipped unreadable checkpoint(s): {'; '.join(errors)}; using '{path.name}'.", stacklevel=2)
         return state
     raise UserError(f"every checkpoint in '{checkpoint_dir(run_dir)}' is unreadable: {'; '.join(errors)}")
+
+
+def _load_sharded_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn or missing meta file
+        raise UserError(f"sharded checkpoint '{path}' cannot be read (its meta.pt is missing or torn): {e}") from None
+    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"checkpoint '{path}' is not a metadino checkpoint of schema version {SCHEMA_VERSION}.")
+    return {**meta, "sharded": True, "sharded_path": path}
 
 
 def _load_sharded_as_full(path: Path) -> dict[str, Any]:

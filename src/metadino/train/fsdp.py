@@ -6,9 +6,8 @@ AdamW moments. The teacher is sharded exactly like the student, so the EMA updat
 shards. Compute runs in the precision's dtype (``MixedPrecisionPolicy.param_dtype``) with gradients reduced in fp32.
 
 Checkpoints are ``torch.distributed.checkpoint`` folders (one file per rank plus metadata) beside a small ``meta.pt``
-(step, RNG states, config). Resuming gathers them into full tensors in every process and loads those into the new
-shards, so a run saved on W ranks continues on any number of ranks, or on one process without sharding (simple, not
-memory-frugal: each process holds one full copy of the state while it loads).
+(step, RNG states, config). A sharded run loads them straight into its own shards on any number of ranks (DCP reshards
+as it reads); a single unsharded process gathers them into full tensors first.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["full_state_dict", "is_sharded", "load_full", "save_sharded", "shard_task"]
+__all__ = ["full_state_dict", "is_sharded", "load_full", "load_sharded", "save_sharded", "shard_task"]
 
 _PARAM_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,6 +65,17 @@ def save_sharded(path: Path, task: nn.Module, optimizer: torch.optim.Optimizer, 
         tmp.rename(path)
     if dist.is_initialized():
         dist.barrier()
+
+
+def load_sharded(path: Path, task: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Collective: load a folder written by :func:`save_sharded` straight into the shards of `task` and `optimizer`,
+    on any number of ranks (DCP reshards as it reads: no process holds more than its own shards)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+
+    model_state, optim_state = get_state_dict(task, optimizer)
+    dcp_load({"task": model_state, "optimizer": optim_state}, checkpoint_id=str(path))  # fills both in place
+    set_state_dict(task, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
 
 
 def load_full(task: nn.Module, optimizer: torch.optim.Optimizer, task_state: dict[str, Any],

@@ -60,7 +60,7 @@ from metadino.train.factory import (
     build_task,
     preprocessing_from_config,
 )
-from metadino.train.fsdp import load_full, shard_task
+from metadino.train.fsdp import is_sharded, load_full, load_sharded, shard_task
 from metadino.train.lock import RunLock
 from metadino.train.provenance import provenance
 from metadino.train.rng import restore_rng
@@ -239,9 +239,12 @@ def _restore(run_dir: Path, task: SSLTask, optimizer: torch.optim.Optimizer, cfg
              device: torch.device, info: DistInfo, scaler: torch.amp.GradScaler | None) -> tuple[int, int, int]:
     """Load the newest checkpoint into `task`, `optimizer` and `scaler`, restore this rank's RNG; returns its step,
     the number of non-finite steps skipped so far and the data position (batches used)."""
-    state = load_latest_checkpoint(run_dir)
+    sharded_task = is_sharded(task)
+    state = load_latest_checkpoint(run_dir, gather=not sharded_task)
     _check_resume_compatible(state, cfg, run_dir, table, info.world_size)
-    if state.get("sharded"):  # an FSDP checkpoint, gathered: into this run's shards (any number of ranks) or model
+    if "sharded_path" in state:  # this run's shards read their part of an FSDP checkpoint (any number of ranks)
+        load_sharded(state["sharded_path"], task, optimizer)
+    elif state.get("sharded"):  # an FSDP checkpoint gathered for one unsharded process
         load_full(task, optimizer, state["task"], state["optimizer"])
     else:
         task.load_state_dict(state["task"])
