@@ -96,8 +96,10 @@ def test_fsdp_fp16_agrees_on_the_loss_scale_and_resumes_exactly(tmp_path, image_
 
 
 def test_fsdp_refuses_what_it_cannot_shard_yet():
-    with pytest.raises(UserError, match=r"train\.parallel.*LoRA"):
+    with pytest.raises(UserError, match=r"train\.parallel.*adapt\.mode: lora"):
         config_from_dict({**_minimal(), "train": {"parallel": "fsdp"}, "adapt": {"mode": "lora"}})
+    with pytest.raises(UserError, match=r"train\.parallel.*adapt\.mode: freeze.*shared by student and teacher"):
+        config_from_dict({**_minimal(), "train": {"parallel": "fsdp"}, "adapt": {"mode": "freeze", "freeze_blocks": 2}})
 
 
 def _minimal() -> dict:
