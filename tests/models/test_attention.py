@@ -100,3 +100,15 @@ def test_hf_maps_are_the_cls_row_of_the_models_eager_attentions_of_the_same_comp
     r = REGISTERS[kind]
     torch.testing.assert_close(att.patches, ref[:, :, 1 + r:].reshape(2, 2, 4, 4))
     torch.testing.assert_close(att.cls, ref[:, :, 0])
+
+
+def test_a_backbone_without_attention_maps_says_so_in_one_sentence():
+    import pytest
+
+    from metadino.errors import UserError
+    from metadino.models.backbone import Backbone
+    from metadino.models.vit import VisionTransformer
+
+    vit = VisionTransformer(image_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=1, num_heads=2)
+    with pytest.raises(UserError, match=r"backbone VisionTransformer does not expose its attention probabilities"):
+        Backbone.last_block_attention(vit, torch.zeros(1, 3, 32, 32))  # the contract's default, as a third party has it

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metadino.data.reading import Tile
 from metadino.errors import UserError
 
 MAX_CHANNELS = 64  # a 3-D array's channel axis must be at most this long (see channels_first)
@@ -76,3 +77,18 @@ def choose_plane(what: str, axis: str, length: int, chosen: int | None) -> int:
             f"{what} holds {length} {noun} (0 to {length - 1}) but data.read.{axis} is {chosen}; choose one of them"
         )
     return chosen
+
+
+def check_tile_inside(what: str, tile: Tile, level: int, origin: tuple[int, int], size: tuple[int, int],
+                      base: tuple[int, int]) -> None:
+    """Refuse a tile (``x``/``y`` in level-0 pixels, ``width``/``height`` at `level`) whose top-left corner at `level`
+    is `origin` (y, x) and that leaves an image of `size` (height, width) at that level (`base`: at level 0).
+    `what` names the file ("TIFF a.tif")."""
+    (y0, x0), (height, width) = origin, size
+    if (tile.width <= 0 or tile.height <= 0 or tile.x < 0 or tile.y < 0
+            or x0 + tile.width > width or y0 + tile.height > height):
+        raise UserError(
+            f"tile at x={tile.x}, y={tile.y} (level-0 pixels) of {tile.width} x {tile.height} pixels at level "
+            f"{level} extends outside {what}, which is {width} x {height} pixels at that level "
+            f"({base[1]} x {base[0]} at level 0); fix the tile table or regenerate the tiles"
+        )

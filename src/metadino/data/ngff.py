@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from metadino.data.layout import PLANE_NOUNS, check_fits_memory, choose_plane, too_large
+from metadino.data.layout import PLANE_NOUNS, check_fits_memory, check_tile_inside, choose_plane, too_large
 from metadino.data.reading import DEFAULT_READ, ReadOptions, Tile
 from metadino.errors import UserError
 
@@ -285,11 +285,6 @@ def _tile_origin(image: _Image, tile: Tile, level: int, axes: str, shape: tuple[
         x0 = math.floor(tile.x * base_scale[xa] / scale[xa] + 1e-9)
     else:
         y0, x0 = tile.y * height // int(base[ya]), tile.x * width // int(base[xa])
-    if (tile.width <= 0 or tile.height <= 0 or tile.x < 0 or tile.y < 0
-            or x0 + tile.width > width or y0 + tile.height > height):
-        raise UserError(
-            f"tile at x={tile.x}, y={tile.y} (level-0 pixels) of {tile.width} x {tile.height} pixels at level "
-            f"{level} extends outside OME-Zarr {image.where}, which is {width} x {height} pixels at that level "
-            f"({base[xa]} x {base[ya]} at level 0); fix the tile table or regenerate the tiles"
-        )
+    check_tile_inside(f"OME-Zarr {image.where}", tile, level, (y0, x0), (height, width),
+                      (int(base[ya]), int(base[xa])))
     return y0, x0

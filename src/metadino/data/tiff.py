@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from metadino.data.layout import channels_first, check_fits_memory, choose_plane, too_large
+from metadino.data.layout import channels_first, check_fits_memory, check_tile_inside, choose_plane, too_large
 from metadino.data.reading import DEFAULT_READ, ReadOptions, Tile
 from metadino.errors import UserError
 
@@ -201,13 +201,7 @@ def _tile_origin(
     height, width = size
     # Level-0 -> level pixels by the level's downsample (level-0 size / level size), rounded down as OpenSlide does.
     y0, x0 = tile.y * height // base[0], tile.x * width // base[1]
-    if (tile.width <= 0 or tile.height <= 0 or tile.x < 0 or tile.y < 0
-            or x0 + tile.width > width or y0 + tile.height > height):
-        raise UserError(
-            f"tile at x={tile.x}, y={tile.y} (level-0 pixels) of {tile.width} x {tile.height} pixels at level "
-            f"{level} extends outside TIFF {path}, which is {width} x {height} pixels at that level "
-            f"({base[1]} x {base[0]} at level 0); fix the tile table or regenerate the tiles"
-        )
+    check_tile_inside(f"TIFF {path}", tile, level, (y0, x0), size, base)
     return y0, x0
 
 

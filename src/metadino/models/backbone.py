@@ -146,7 +146,10 @@ class Backbone(nn.Module, abc.ABC):
         Args:
             images: [B, C, H, W] as in ``forward`` (no masking).
         """
-        raise NotImplementedError(f"{type(self).__name__} does not expose its attention probabilities")
+        # The built-in ViT and the transformers wrapper implement it; a backbone registered from elsewhere may not.
+        raise UserError(f"backbone {type(self).__name__} does not expose its attention probabilities "
+                        "(Backbone.last_block_attention), which attention maps and the localisation score need; "
+                        "use a built-in, hf: or metadino: backbone, or implement it")
 
     def num_patches(self, height: int, width: int) -> int:
         return (height // self.patch_size) * (width // self.patch_size)
