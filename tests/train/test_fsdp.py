@@ -8,8 +8,6 @@ import json
 import pytest
 import torch
 
-from metadino.config import config_from_dict
-from metadino.errors import UserError
 from metadino.train.checkpoint import list_checkpoints, load_latest_checkpoint
 from testkit import tiny_config, torchrun_train
 
@@ -95,13 +93,73 @@ def test_fsdp_fp16_agrees_on_the_loss_scale_and_resumes_exactly(tmp_path, image_
         assert torch.equal(a["task"][k], b["task"][k]), k
 
 
-def test_fsdp_refuses_what_it_cannot_shard_yet():
-    with pytest.raises(UserError, match=r"train\.parallel.*adapt\.mode: lora"):
-        config_from_dict({**_minimal(), "train": {"parallel": "fsdp"}, "adapt": {"mode": "lora"}})
-    with pytest.raises(UserError, match=r"train\.parallel.*adapt\.mode: freeze.*shared by student and teacher"):
-        config_from_dict({**_minimal(), "train": {"parallel": "fsdp"}, "adapt": {"mode": "freeze", "freeze_blocks": 2}})
+@pytest.mark.integration
+@pytest.mark.parametrize("adapt", [
+    {"mode": "lora", "lora": {"rank": 4, "alpha": 8, "target_modules": ["qkv", "proj"]}},
+    {"mode": "freeze", "freeze_blocks": 1},
+], ids=["lora+gram", "freeze"])
+def test_fsdp_trains_lora_and_frozen_blocks_like_ddp(tmp_path, image_table, adapt):
+    """LoRA (with a Gram teacher, which shares the frozen weights too) and frozen blocks under FSDP: each model holds
+    its own shards of the shared frozen weights, the losses are DDP's, the frozen weights never move, and the export
+    is the teacher with the adapters merged (DDP's export within rounding; the adapter-only export of the sharded
+    checkpoint loads to the same model)."""
+    from metadino.export import export_run, load_model
+
+    for parallel in ("ddp", "fsdp"):
+        cfg = _cfg(image_table, parallel, 3)
+        cfg["adapt"] = adapt
+        if adapt["mode"] == "lora":
+            cfg["ssl"]["gram"] = {"weight": 1.0}
+        torchrun_train(cfg, tmp_path / f"{parallel}.yaml", tmp_path / parallel)
+    ddp, fsdp = _log(tmp_path / "ddp"), _log(tmp_path / "fsdp")
+    for key in ("dino_local", "dino_global", "ibot", "total") + (("gram",) if adapt["mode"] == "lora" else ()):
+        assert fsdp[0][key] == pytest.approx(ddp[0][key], rel=1e-5, abs=1e-6), key
+    for a, b in zip(fsdp[1:], ddp[1:]):
+        assert a["total"] == pytest.approx(b["total"], rel=2e-2)
+    state = load_latest_checkpoint(tmp_path / "fsdp")
+    initial = {k: v for k, v in load_latest_checkpoint(tmp_path / "ddp")["task"].items()}
+    frozen = [k for k in state["task"] if k.startswith("student.backbone.")
+              and ("base_layer" in k or (adapt["mode"] == "freeze" and ".blocks.0." in k))]
+    assert frozen
+    for k in frozen:  # never trained: equal to DDP's (shared) frozen weights, in the student and the teacher
+        assert torch.equal(state["task"][k], initial[k]), k
+        assert torch.equal(state["task"]["teacher" + k[len("student"):]], initial[k]), k
+    ours, theirs = load_model(str(tmp_path / "fsdp" / "backbone"))[0].state_dict(), \
+        load_model(str(tmp_path / "ddp" / "backbone"))[0].state_dict()
+    assert ours.keys() == theirs.keys() and not any("lora" in k for k in ours)
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=1e-3, atol=1e-4, msg=k)
+    if adapt["mode"] == "lora":
+        export_run(tmp_path / "fsdp", tmp_path / "adapter", merge_lora=False)
+        adapter = load_model(str(tmp_path / "adapter"))[0].state_dict()
+        for k in ours:
+            torch.testing.assert_close(adapter[k], ours[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def _minimal() -> dict:
-    return {"data": {"table": "/x/t.csv"}, "model": {"backbone": "builtin:vit-tiny", "patch_size": 8},
-            "crops": {"global_size": 32, "local_size": 16}}
+def test_shard_task_leaves_no_model_unsharded(tmp_path, image_table):
+    """Student, teacher (with their heads) and the Gram teacher all become DTensors, and the frozen LoRA weights that
+    the three models share before sharding end up as separate shards with equal values (a one-process group)."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from metadino.config import config_from_dict
+    from metadino.train.factory import build_backbone_from_config, build_task
+    from metadino.train.fsdp import shard_task
+
+    cfg = config_from_dict(tiny_config(image_table, adapt={"mode": "lora", "lora": {"rank": 2}},
+                                       ssl={"gram": {"weight": 1.0}}))
+    task = build_task(cfg, build_backbone_from_config(cfg.model, image_size=32))
+    name = "blocks.0.attn.qkv.base_layer.weight"
+    before = task.student.backbone.get_parameter(name).detach().clone()
+    assert task.teacher.backbone.get_parameter(name) is task.student.backbone.get_parameter(name)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        shard_task(task, precision="fp32")
+        unsharded = [n for n, p in task.named_parameters(remove_duplicate=False) if not isinstance(p, DTensor)]
+        assert unsharded == []
+        copies = [m.get_parameter(name) for m in (task.student.backbone, task.teacher.backbone, task.gram_teacher)]
+        assert len({id(p) for p in copies}) == 3
+        for p in copies:
+            assert torch.equal(p.full_tensor(), before)
+    finally:
+        dist.destroy_process_group()

@@ -207,12 +207,6 @@ def validate_train(cfg: Config) -> None:
     t = cfg.train
     _check("jsonl" in t.log_to, "train.log_to", "must include jsonl (metrics.jsonl feeds the report and the resume).")
     _check(len(set(t.log_to)) == len(t.log_to), "train.log_to", f"names a destination twice: {t.log_to}.")
-    if t.parallel == "fsdp":
-        # freeze and LoRA share the frozen base weights between student and teacher: fully_shard cannot shard one
-        # parameter in two modules
-        _check(cfg.adapt.mode == "full", "train.parallel",
-               f"fsdp does not shard adapt.mode: {cfg.adapt.mode} yet (its frozen weights are shared by student and "
-               f"teacher); use train.parallel: ddp with it.")
     _check(t.steps >= 1, "train.steps", f"must be at least 1, got {t.steps}.")
     _check(t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}.")
     _check(t.num_workers >= 0, "train.num_workers", "must be >= 0.")

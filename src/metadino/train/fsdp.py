@@ -25,8 +25,13 @@ _PARAM_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def shard_task(task: Any, *, precision: str, reshard_after_forward: bool = True) -> None:
-    """Shard the student, the teacher and the guide heads of `task` in place (call before building the optimizer:
-    sharding replaces the parameters by DTensors)."""
+    """Shard the student, the teacher, the guide heads and the Gram teacher of `task` in place (call before building
+    the optimizer: sharding replaces the parameters by DTensors).
+
+    Frozen weights that the teacher (and the Gram teacher) share with the student under LoRA or freezing become one
+    shard per model: ``fully_shard`` copies each unit's part of a parameter into new storage and replaces the
+    parameter in that unit's modules only, so each model gets its own 1/W and the full tensor is freed once every
+    model holding it is sharded. They are never updated, so the copies stay equal."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=_PARAM_DTYPE.get(precision), reduce_dtype=torch.float32)
@@ -36,6 +41,11 @@ def shard_task(task: Any, *, precision: str, reshard_after_forward: bool = True)
         fully_shard(model, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     if getattr(task, "guides", None) is not None:
         fully_shard(task.guides, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    gram = getattr(task, "gram_teacher", None)
+    if gram is not None:  # frozen, forward only: sharded so that it too costs 1/W per rank
+        for block in gram.blocks:
+            fully_shard(block, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+        fully_shard(gram, mp_policy=policy, reshard_after_forward=reshard_after_forward)
 
 
 def is_sharded(module: nn.Module) -> bool:

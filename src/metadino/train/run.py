@@ -49,6 +49,7 @@ from metadino.models.preprocessing import Preprocessing
 from metadino.train.checkpoint import list_checkpoints, load_latest_checkpoint, remove_orphans
 from metadino.train.distributed import DistInfo, all_ranks_true, barrier, init_distributed
 from metadino.train.factory import (
+    adapt_backbone,
     build_augmentation,
     build_backbone_from_config,
     build_encoders,
@@ -372,5 +373,8 @@ def _grad_scaler(device: torch.device, sharded: bool) -> torch.amp.GradScaler:
 
 
 def _unsharded_export_backbone(cfg: Config) -> Any:
-    """A fresh, unsharded backbone of the run's architecture (the FSDP export loads the gathered weights into it)."""
-    return build_backbone_from_config(cfg.model, image_size=cfg.crops.global_size)
+    """A fresh, unsharded backbone of the run's architecture, LoRA adapters included (the FSDP export loads the
+    gathered weights into it, then merges them)."""
+    backbone = build_backbone_from_config(cfg.model, image_size=cfg.crops.global_size)
+    adapt_backbone(cfg, backbone)
+    return backbone
