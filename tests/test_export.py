@@ -47,6 +47,18 @@ def test_builtin_export_embeds_like_the_run(tmp_path, image_table):
     test_index = [i for i, s in enumerate(table.frame["split"]) if s == "test"]
     torch.testing.assert_close(torch.from_numpy(emb), ref[test_index])
 
+    # the GPU-minded options: bf16 autocast and a decoding worker give the same rows, embeddings up to rounding
+    half = tmp_path / "emb_bf16.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "metadino", "embed", str(tmp_path / "export"), "--table", str(image_table), "--rows",
+         "split=test", "--out", str(half), "--quiet", "--precision", "bf16", "--num-workers", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    frame_half, emb_half = read_embeddings(half)
+    assert frame_half["row"].tolist() == frame["row"].tolist() and not (emb_half == emb).all()
+    torch.testing.assert_close(torch.from_numpy(emb_half), ref[test_index], rtol=0.05, atol=0.05)
+
 
 def test_export_refuses_non_empty_target(tmp_path, image_table):
     cfg = config_from_dict(tiny_config(image_table, train={"steps": 1}))

@@ -26,11 +26,12 @@ def extract_features(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
+    precision: str = "fp32",
     progress: bool = True,
 ) -> torch.Tensor:
-    """CLS embeddings [N, D] (fp32, CPU) of every row, in table order."""
+    """CLS embeddings [N, D] (fp32, CPU) of every row, in table order (computed in `precision`, see ``extract``)."""
     return extract(backbone, table, preprocessing, batch_size=batch_size, device=device, num_workers=num_workers,
-                   progress=progress, desc="embed").cls
+                   precision=precision, progress=progress, desc="embed").cls
 
 
 def check_output_path(out: str | Path, *, overwrite: bool = False) -> Path:

@@ -34,6 +34,7 @@ def run_inspect(
     overwrite: bool = False,
     load: Callable[[], tuple[Backbone, Preprocessing]] | None = None,
     num_workers: int = 0,
+    precision: str = "fp32",
     layout: ImageLayout | None = None,
     read: ReadOptions = DEFAULT_READ,
     folds: int = 5,
@@ -54,7 +55,7 @@ def run_inspect(
     leakage: dict[str, Leakage] | None = None
     if model is not None:
         features = model_features(model, meta, batch_size=batch_size, device=device, progress=progress, load=load,
-                                  num_workers=num_workers)
+                                  num_workers=num_workers, precision=precision)
         leakage = {}
         probe = [c for c, col in audit.columns.items() if col.role not in UNAUDITED_ROLES]
         from tqdm import tqdm  # progress over columns only
@@ -73,7 +74,8 @@ def run_inspect(
 
 
 def model_features(model: str, meta: MetadataTable, *, batch_size: int, device: str, progress: bool,
-                   load: Callable[[], tuple[Backbone, Preprocessing]] | None = None, num_workers: int = 0) -> np.ndarray:
+                   load: Callable[[], tuple[Backbone, Preprocessing]] | None = None, num_workers: int = 0,
+                   precision: str = "fp32") -> np.ndarray:
     """[N, D] frozen embeddings of the table's images under an exported `model` (optional part of inspect); `load`
     resolves the model with the command line's input options (default: :func:`metadino.export.load_model`)."""
     from metadino.embed import extract_features  # torch-heavy: imported only when a model is given
@@ -81,7 +83,7 @@ def model_features(model: str, meta: MetadataTable, *, batch_size: int, device: 
 
     backbone, preprocessing = load() if load is not None else load_model(model)
     features = extract_features(backbone, meta, preprocessing, batch_size=batch_size, device=device, progress=progress,
-                                num_workers=num_workers)
+                                num_workers=num_workers, precision=precision)
     return features.numpy()
 
 

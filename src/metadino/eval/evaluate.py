@@ -177,7 +177,7 @@ def evaluate(
     image_column: str = "path", root: str | None = None, feature: str = "cls", k: int = 20, temperature: float = 0.07,
     leakage_folds: int = 5, batch_size: int = 64, device: str | torch.device = "cpu", cache_dir: Path | None | str = "default",
     num_workers: int = 0, layout: ImageLayout | None = None, read: ReadOptions = DEFAULT_READ,
-    seed: int = 0, progress: bool = True, report: bool = True, title: str | None = None,
+    seed: int = 0, progress: bool = True, report: bool = True, title: str | None = None, precision: str = "fp32",
 ) -> dict[str, Any]:
     """Evaluate the backbone that `load` returns (with its preprocessing) on a labelled subset; write
     DIR/metrics.json (and DIR/report.md). Returns the metrics. `model` names it in the metrics and the report;
@@ -188,6 +188,7 @@ def evaluate(
     accuracy on the embedding's own k-NN graph (`k` neighbours); with `group_column`, the same-group share among
     same-label neighbours (label: `label_column`) is reported too (:mod:`metadino.eval.purity`). `layout` and `read`
     say how the table names and decodes its images (channel files, stack items, tiles; ``data.read``), as in training.
+    `precision` (fp32, bf16, fp16) is the feature extraction's (autocast; attention maps stay fp32).
 
     `region_columns` (four box columns x0, y0, x1, y1) or `mask_column` name each test row's annotated region (as
     ``crops.label_guided``): the last block's CLS attention is scored against it (``metrics["localisation"]``,
@@ -217,7 +218,7 @@ def evaluate(
     out = Path(out)
     _prepare_out(out)
     _extract(splits, backbone, pre, cache_dir=cache_dir, attnpool="attnpool" in probes, batch_size=batch_size,
-             device=device, progress=progress, num_workers=num_workers)
+             device=device, progress=progress, num_workers=num_workers, precision=precision)
     # rows without a label are not evaluated (they still count for leakage of other columns)
     data = {s.name: (s, *labels.encode(s.table.frame[label_column])) for s in splits}
     results, predictions, y_test = _run_probes(probes, data, labels, feature=feature, group_column=group_column, k=k,
@@ -303,7 +304,8 @@ def _check_probes(probes: Sequence[str], feature: str, k: int, temperature: floa
 
 
 def _extract(splits: Sequence[Split], backbone: Backbone, pre: Preprocessing, *, cache_dir: Path | None | str,
-             attnpool: bool, batch_size: int, device: str | torch.device, progress: bool, num_workers: int = 0) -> None:
+             attnpool: bool, batch_size: int, device: str | torch.device, progress: bool, num_workers: int = 0,
+             precision: str = "fp32") -> None:
     """Features of every split (cached by weights, rows and preprocessing); patch tokens only for attention pooling."""
     digest = weights_digest(backbone)
     cache = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir is not None else None)
@@ -311,7 +313,7 @@ def _extract(splits: Sequence[Split], backbone: Backbone, pre: Preprocessing, *,
     for s in splits:
         s.features = cached_extract(backbone, s.table, pre, cache_dir=cache, model_digest=digest, patch_blocks=patch_blocks,
                                     batch_size=batch_size, device=device, progress=progress, desc=f"features ({s.name})",
-                                    num_workers=num_workers)
+                                    num_workers=num_workers, precision=precision)
 
 
 def _run_probes(probes: Sequence[str], data: dict[str, tuple[Split, np.ndarray, np.ndarray]], labels: Labels, *,

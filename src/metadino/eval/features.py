@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,18 @@ from metadino.models.backbone import Backbone
 from metadino.models.preprocessing import Preprocessing
 
 CACHE_VERSION = 1
+# --precision of feature extraction: None = no autocast
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def loader_workers(requested: int | None, device: torch.device) -> int:
+    """Image-decoding processes for extraction: `requested`, or by default none on a CPU (decoding would compete
+    with the model for the same cores) and up to 8 beside a GPU (one core left for the main process)."""
+    if requested is not None:
+        return requested
+    if device.type == "cpu":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 1) - 1))
 
 
 @dataclass
@@ -80,9 +93,11 @@ def images_digest(images: ImageSource) -> str:
     return h.hexdigest()
 
 
-def cache_key(model_digest: str, table: MetadataTable, preprocessing: Preprocessing, patch_blocks: int) -> str:
+def cache_key(model_digest: str, table: MetadataTable, preprocessing: Preprocessing, patch_blocks: int,
+              precision: str = "fp32") -> str:
     payload = json.dumps(
         {
+            **({"precision": precision} if precision != "fp32" else {}),  # fp32 keys stay those of earlier caches
             "v": CACHE_VERSION,
             "model": model_digest,
             "rows": table.fingerprint(),
@@ -108,28 +123,38 @@ def extract(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
+    precision: str = "fp32",
     progress: bool = True,
     desc: str = "features",
 ) -> Features:
-    """CLS, mean patch and (patch_blocks > 0) the last blocks' patch tokens of every row."""
+    """CLS, mean patch and (patch_blocks > 0) the last blocks' patch tokens of every row.
+
+    `precision` bf16 / fp16 runs the forward under autocast (about twice the images/s on a GPU; features then differ
+    from fp32 by rounding). On CUDA batches come through pinned memory and are copied without blocking.
+    """
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}.")
     if patch_blocks > backbone.depth:
         raise UserError(f"attention pooling reads the last {patch_blocks} blocks but the model has only {backbone.depth}.")
+    if precision not in AUTOCAST_DTYPES:
+        raise UserError(f"--precision must be one of {', '.join(AUTOCAST_DTYPES)}, got '{precision}'.")
     device = torch.device(device)
     backbone = backbone.to(device).eval()
     dataset = EvalDataset(table, image_size=preprocessing.image_size, in_chans=preprocessing.in_chans,
                           photometric=preprocessing.transform())
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                        pin_memory=device.type == "cuda")
+    dtype = AUTOCAST_DTYPES[precision]
     cls, mean, patches = [], [], []
     for images in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        images = images.to(device)
-        if patch_blocks:
-            layers = backbone.intermediate_layers(images, n=patch_blocks)
-            last = layers[-1]
-            patches.append(torch.cat([t.patches for t in layers], dim=-1).to(torch.float16).cpu())
-        else:
-            last = backbone(images)
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            if patch_blocks:
+                layers = backbone.intermediate_layers(images, n=patch_blocks)
+                last = layers[-1]
+                patches.append(torch.cat([t.patches for t in layers], dim=-1).to(torch.float16).cpu())
+            else:
+                last = backbone(images)
         cls.append(last.cls.float().cpu())
         mean.append(last.patches.float().mean(dim=1).cpu())
     if not cls:
@@ -146,23 +171,24 @@ def cached_extract(
     cache_dir: Path | None,
     model_digest: str | None = None,
     patch_blocks: int = 0,
+    precision: str = "fp32",
     **kwargs: Any,
 ) -> Features:
-    """`extract`, reusing an earlier result for the same weights, rows, preprocessing and patch blocks.
+    """`extract`, reusing an earlier result for the same weights, rows, preprocessing, patch blocks and precision.
 
     ``cache_dir=None`` disables caching.
     """
     if cache_dir is None:
-        return extract(backbone, table, preprocessing, patch_blocks=patch_blocks, **kwargs)
+        return extract(backbone, table, preprocessing, patch_blocks=patch_blocks, precision=precision, **kwargs)
     digest = model_digest or weights_digest(backbone)
-    path = cache_dir / f"{cache_key(digest, table, preprocessing, patch_blocks)}.pt"
+    path = cache_dir / f"{cache_key(digest, table, preprocessing, patch_blocks, precision)}.pt"
     if path.is_file():
         try:
             data = torch.load(path, weights_only=True)
             return Features(data["cls"], data["mean_patch"], data["patch_tokens"])
         except Exception:  # a corrupt or partial entry is recomputed, never trusted
             pass
-    features = extract(backbone, table, preprocessing, patch_blocks=patch_blocks, **kwargs)
+    features = extract(backbone, table, preprocessing, patch_blocks=patch_blocks, precision=precision, **kwargs)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         saved = {"cls": features.cls, "mean_patch": features.mean_patch, "patch_tokens": features.patch_tokens}
