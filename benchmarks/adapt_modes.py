@@ -1,10 +1,11 @@
 """Step time and peak memory of the adaptation modes `lora` and `freeze` relative to `full`, printed as JSON.
 
     python benchmarks/adapt_modes.py [--device auto] [--steps 8] [--batch-size 16] [--n-local 4] [--threads 1]
+                                     [--global-size 64] [--local-size 32] [--precision fp32|bf16]
 
 One DINOv2 training step (teacher forward, student forward on 2 global + n local crops, DINO + iBOT +
 KoLeo, backward, per-group clipping, AdamW, EMA update) on `builtin:vit-small`, patch 16, 64 px global /
-32 px local crops, a fixed synthetic batch (no data loading: the modes differ in model compute only).
+32 px local crops by default (``gpu_suite.py`` asks for 224 / 96), a fixed synthetic batch (no data loading: the modes differ in model compute only).
 Modes: `full`; `lora` (rank 8 on qkv, alpha 16, final norm trains); `freeze` (embedding + the first half
 of the blocks); optionally `lora+freeze` (`--modes full,lora,freeze,lora+freeze`: adapters on the last
 6 blocks only, the first 6 frozen). Heads are demo-sized (2048 prototypes, hidden 512, bottleneck 128)
@@ -45,7 +46,8 @@ def _config(mode: str, args: argparse.Namespace) -> dict:
         "data": {"table": "unused.csv"},  # no data is read: the batch is synthetic
         "model": {"backbone": "builtin:vit-small", "patch_size": 16, "drop_path_rate": 0.1},
         "ssl": {"method": "dinov2", "head": dict(head), "ibot": {"head": dict(head)}},
-        "crops": {"global_size": 64, "local_size": 32, "n_local": args.n_local, "photometric": "none"},
+        "crops": {"global_size": args.global_size, "local_size": args.local_size, "n_local": args.n_local,
+                  "photometric": "none"},
         "train": {"batch_size": args.batch_size, "precision": args.precision},
         "adapt": adapt,
     }
@@ -74,13 +76,14 @@ def _worker(mode: str, args: argparse.Namespace, n_steps: int) -> dict:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     cfg = config_from_dict(_config(mode, args))
-    B, n_l, n_patches = args.batch_size, args.n_local, (64 // 16) ** 2
+    B, n_l, G, L = args.batch_size, args.n_local, args.global_size, args.local_size
+    n_patches = (G // 16) ** 2
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(2 * B, n_patches, generator=g) < 0.3
     masks[1::2] = False  # half of the global crops are masked, as with mask_probability 0.5
     batch = Batch(
-        global_crops=torch.randn(2 * B, 3, 64, 64, generator=g).to(device),
-        local_crops=torch.randn(n_l * B, 3, 32, 32, generator=g).to(device) if n_l else None,
+        global_crops=torch.randn(2 * B, 3, G, G, generator=g).to(device),
+        local_crops=torch.randn(n_l * B, 3, L, L, generator=g).to(device) if n_l else None,
         masks=masks.to(device),
     )
     cuda = device.type == "cuda"
@@ -92,7 +95,7 @@ def _worker(mode: str, args: argparse.Namespace, n_steps: int) -> dict:
         base, max_before = _rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     torch.manual_seed(0)
-    task = build_task(cfg, build_backbone_from_config(cfg.model, image_size=64)).to(device).train()
+    task = build_task(cfg, build_backbone_from_config(cfg.model, image_size=G)).to(device).train()
     groups = build_param_groups(task.student.backbone, task.named_heads(), layer_decay=cfg.optim.layer_decay,
                                 patch_embed_lr_mult=cfg.optim.patch_embed_lr_mult)
     optimizer = torch.optim.AdamW(groups, lr=0.0, betas=cfg.optim.betas)
@@ -146,6 +149,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-local", type=int, default=4)
+    p.add_argument("--global-size", type=int, default=64, help="global crop size (px, multiple of 16)")
+    p.add_argument("--local-size", type=int, default=32, help="local crop size (px, multiple of 16)")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--head-out-dim", type=int, default=2048)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
@@ -195,7 +200,7 @@ def main() -> None:
         "benchmark": "adapt_modes",
         "device": first["device"], "threads": first["threads"], "precision": args.precision,
         "model": "builtin:vit-small, patch 16",
-        "crops": f"2x64px + {args.n_local}x32px", "batch_size": args.batch_size,
+        "crops": f"2x{args.global_size}px + {args.n_local}x{args.local_size}px", "batch_size": args.batch_size,
         "heads": f"DINO + iBOT, {args.head_out_dim} prototypes, hidden 512, bottleneck 128",
         "lora": f"rank {args.lora_rank} on qkv, alpha {2 * args.lora_rank}", "freeze": "embedding + blocks 0-5 of 12",
         "steps": args.steps, "warmup": args.warmup,
