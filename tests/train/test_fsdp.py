@@ -97,9 +97,10 @@ def test_fsdp_fp16_agrees_on_the_loss_scale_and_resumes_exactly(tmp_path, image_
 @pytest.mark.parametrize("adapt", [
     {"mode": "lora", "lora": {"rank": 4, "alpha": 8, "target_modules": ["qkv", "proj"]}},
     {"mode": "freeze", "freeze_blocks": 1},
-], ids=["lora+gram", "freeze"])
+], ids=["lora+gram", "freeze+checkpointing"])
 def test_fsdp_trains_lora_and_frozen_blocks_like_ddp(tmp_path, image_table, adapt):
-    """LoRA (with a Gram teacher, which shares the frozen weights too) and frozen blocks under FSDP: each model holds
+    """LoRA (with a Gram teacher, which shares the frozen weights too) and frozen blocks (with activation
+    checkpointing) under FSDP: each model holds
     its own shards of the shared frozen weights, the losses are DDP's, the frozen weights never move, and the export
     is the teacher with the adapters merged (DDP's export within rounding; the adapter-only export of the sharded
     checkpoint loads to the same model)."""
@@ -110,6 +111,8 @@ def test_fsdp_trains_lora_and_frozen_blocks_like_ddp(tmp_path, image_table, adap
         cfg["adapt"] = adapt
         if adapt["mode"] == "lora":
             cfg["ssl"]["gram"] = {"weight": 1.0}
+        else:  # activation checkpointing per block: the recomputed forward all-gathers the block again
+            cfg["model"]["grad_checkpointing"] = True
         torchrun_train(cfg, tmp_path / f"{parallel}.yaml", tmp_path / parallel)
     ddp, fsdp = _log(tmp_path / "ddp"), _log(tmp_path / "fsdp")
     for key in ("dino_local", "dino_global", "ibot", "total") + (("gram",) if adapt["mode"] == "lora" else ()):
