@@ -1,13 +1,15 @@
 """DDP vs FSDP2 per rank: bytes of parameters, gradients and AdamW moments held, peak RSS and step time, as JSON.
 
-    python benchmarks/parallel_memory.py [--world 2] [--preset vit-small] [--steps 3] [--batch-size 2]
+    python benchmarks/parallel_memory.py [--world 2] [--preset vit-small] [--steps 3] [--batch-size 2] [--adapt lora]
 
 Each mode runs the real training loop under ``torchrun`` (gloo, CPU) on built-in synthetic images, a
 ``builtin:<preset>`` backbone at 64/32 px crops with demo-sized heads. After the last step every rank counts the bytes
 of the tensors it holds itself — local shards of parameters (student, teacher, heads, guides), their gradients and the
 optimizer's moments — which is exact and does not depend on the allocator; the resident set size peak is printed too
 (it also holds activations, the data loader and the Python runtime, the same in both modes). Target: FSDP ≈ 1/W of DDP
-for parameters, gradients and optimizer state. Default run: about 2 minutes on 2 CPU cores.
+for parameters, gradients and optimizer state. ``--adapt lora|freeze`` (rank 8 on qkv and proj / the first half of the
+blocks frozen): on one device the teacher shares the frozen weights with the student, under FSDP each model holds its
+own 1/W of them, so the ratio is 2/W for those. Default run: about 2 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -66,13 +68,17 @@ def main() -> None:
     parser.add_argument("--preset", default="vit-small")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--adapt", default="full", choices=("full", "lora", "freeze"))
     args = parser.parse_args()
     import yaml
 
     from metadino.data.synthetic import generate_dataset
 
     out: dict[str, object] = {"benchmark": "parallel_memory", "date": time.strftime("%Y-%m-%d"), "world": args.world,
-                              "backbone": f"builtin:{args.preset}", "cpus": len(os.sched_getaffinity(0))}
+                              "backbone": f"builtin:{args.preset}", "adapt": args.adapt,
+                              "cpus": len(os.sched_getaffinity(0))}
+    adapt = {"full": {"mode": "full"}, "freeze": {"mode": "freeze", "freeze_blocks": 6},
+             "lora": {"mode": "lora", "lora": {"rank": 8, "alpha": 16, "target_modules": ["qkv", "proj"]}}}[args.adapt]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         table = generate_dataset(folder / "data", n_images=32, seed=0)
@@ -84,7 +90,7 @@ def main() -> None:
                    "ssl": {"head": dict(head), "ibot": {"head": dict(head)}},
                    "crops": {"global_size": 64, "local_size": 32, "n_local": 2, "photometric": "microscopy"},
                    "train": {"steps": args.steps, "batch_size": args.batch_size, "num_workers": 0,
-                             "checkpoint_every": 10_000, "log_every": 1, "parallel": mode}}
+                             "checkpoint_every": 10_000, "log_every": 1, "parallel": mode}, "adapt": adapt}
             (folder / f"{mode}.yaml").write_text(yaml.safe_dump(cfg))
             env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.world}",
