@@ -188,3 +188,25 @@ def test_dinov2_on_a_dinov1_trained_builtin_export(tmp_path, image_table):
         assert torch.equal(task.student.backbone.state_dict()[k], v), k
     result = train(second, tmp_path / "v2", progress=False)
     assert all("ibot" in h and "koleo" in h and torch.isfinite(torch.tensor(h["total"])) for h in result.history)
+
+
+def test_num_workers_auto_is_two_on_a_cpu_and_the_node_cores_shared_beside_gpus(image_table, monkeypatch):
+    import os
+
+    from metadino.train.factory import resolve_num_workers
+
+    auto = config_from_dict(tiny_config(image_table, train={"num_workers": "auto"}))
+    assert resolve_num_workers(auto, torch.device("cpu")) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert resolve_num_workers(auto, torch.device("cuda", 3)) == 7  # 64 cores / 8 processes, one for the process
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert resolve_num_workers(auto, torch.device("cuda", 0)) == 16  # at most 16
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert resolve_num_workers(auto, torch.device("cuda", 0)) == 1
+    fixed = config_from_dict(tiny_config(image_table, train={"num_workers": 5}))
+    assert resolve_num_workers(fixed, torch.device("cuda", 0)) == 5
+    with pytest.raises(UserError, match=r"train\.num_workers.*auto"):
+        config_from_dict(tiny_config(image_table, train={"num_workers": "many"}))
+    with pytest.raises(UserError, match=r"train\.num_workers.*must be auto or >= 0"):
+        config_from_dict(tiny_config(image_table, train={"num_workers": -1}))

@@ -357,7 +357,12 @@ class TrainConfig:
     batch_size: int = opt(32, "Images per process per step.")
     seed: int = opt(0, "Seed of every random choice (initialisation, crops, masks).")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps.")
-    num_workers: int = opt(2, "Data-loader processes (results do not depend on it).")
+    num_workers: int | Literal["auto"] = opt(
+        "auto",
+        "Data-loader processes per training process (results do not depend on it). auto: 2 on a CPU (the model needs "
+        "the cores); beside a GPU, the cores this process may use divided among the node's processes, less one, at "
+        "most 16. A run whose steps wait for data warns and logs data_wait_share.",
+    )
     precision: Precision = opt(
         "fp32",
         "fp32; bf16 (autocast, CPU and GPU); or fp16 (autocast with a dynamic loss scale, for GPUs without bf16, as "

@@ -209,7 +209,7 @@ def validate_train(cfg: Config) -> None:
     _check(len(set(t.log_to)) == len(t.log_to), "train.log_to", f"names a destination twice: {t.log_to}.")
     _check(t.steps >= 1, "train.steps", f"must be at least 1, got {t.steps}.")
     _check(t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}.")
-    _check(t.num_workers >= 0, "train.num_workers", "must be >= 0.")
+    _check(t.num_workers == "auto" or t.num_workers >= 0, "train.num_workers", "must be auto or >= 0.")
     _check(t.checkpoint_every >= 1, "train.checkpoint_every", "must be at least 1.")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1.")
     _check(t.log_every >= 1, "train.log_every", "must be at least 1.")

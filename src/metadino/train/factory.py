@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 
@@ -128,6 +129,19 @@ def resolve_stages(cfg: Config) -> tuple[int, int]:
     heads_only = st.heads_only_steps if st.heads_only_steps is not None else (round(0.10 * steps) if pretrained else 0)
     ramp = st.ramp_steps if st.ramp_steps is not None else (round(0.05 * steps) if pretrained else 0)
     return heads_only, ramp
+
+
+def resolve_num_workers(cfg: Config, device: torch.device) -> int:
+    """`train.num_workers`, with auto resolved: 2 on a CPU or MPS; beside a GPU the cores this process may use shared
+    among the node's training processes (torchrun's LOCAL_WORLD_SIZE), less one for the process itself, at most 16."""
+    n = cfg.train.num_workers
+    if n != "auto":
+        return n
+    if device.type != "cuda":
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cores // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(1, min(16, per_process - 1))
 
 
 def resolve_freeze_last_layer(cfg: Config) -> int:

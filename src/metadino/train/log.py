@@ -15,7 +15,7 @@ from metadino.errors import UserError
 from metadino.files import atomic_write_text
 from metadino.train.distributed import mean_across_ranks
 from metadino.train.task import StepOutput
-from metadino.train.watch import UniformTargetWatch
+from metadino.train.watch import DataWaitWatch, UniformTargetWatch
 
 __all__ = ["StepLog"]
 
@@ -26,10 +26,12 @@ class StepLog:
 
     def __init__(self, path: Path, *, start_step: int, end_step: int, log_every: int, global_batch: int,
                  device: torch.device, is_main: bool, progress: bool, watch: UniformTargetWatch | None,
-                 guide_columns: tuple[str, ...] = (), tensorboard: Path | None = None):
+                 guide_columns: tuple[str, ...] = (), tensorboard: Path | None = None,
+                 data_watch: DataWaitWatch | None = None):
         self.path, self.start_step, self.end_step, self.log_every = path, start_step, end_step, log_every
         self.global_batch, self.device, self.is_main, self.watch = global_batch, device, is_main, watch
         self.guide_columns = set(guide_columns)
+        self.data_watch = data_watch
         self.history: list[dict[str, float]] = []
         self.first_loss: float | None = None
         self.last_loss: float | None = None
@@ -134,6 +136,10 @@ class StepLog:
         record = {"step": step, **values, **sched, **norms, "images_per_s": self._images / elapsed,
                   "data_wait_share": min(self._waited / elapsed, 1.0)}
         self._t_last, self._images, self._waited = now, 0, 0.0
+        if self.data_watch is not None:
+            warning = self.data_watch.update(step, record["data_wait_share"])
+            if warning and self.is_main:
+                tqdm.write(warning, file=sys.stderr)
         self.history.append(record)
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")

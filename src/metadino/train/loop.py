@@ -94,7 +94,8 @@ def _fit(run: Run, *, progress: bool) -> TrainResult:
     guide_columns = tuple(task.guides.specs) if task.guides is not None else ()
     log = StepLog(run.dir / "metrics.jsonl", start_step=run.start_step, end_step=run.end_step, log_every=run.log_every,
                   global_batch=run.global_batch, device=run.device, is_main=run.dist.is_main, progress=progress,
-                  watch=run.watch, guide_columns=guide_columns, tensorboard=run.tensorboard_dir)
+                  watch=run.watch, guide_columns=guide_columns, tensorboard=run.tensorboard_dir,
+                  data_watch=run.data_watch)
     t_start = time.perf_counter()
     task.train()
     step, skipped, position, overflows = run.start_step, run.skipped_steps, run.data_position, 0

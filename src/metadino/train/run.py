@@ -60,6 +60,7 @@ from metadino.train.factory import (
     build_schedule,
     build_task,
     preprocessing_from_config,
+    resolve_num_workers,
 )
 from metadino.train.fsdp import is_sharded, load_full, load_sharded, shard_task
 from metadino.train.lock import RunLock
@@ -67,7 +68,7 @@ from metadino.train.provenance import provenance
 from metadino.train.rng import restore_rng
 from metadino.train.schedules import StepSchedule
 from metadino.train.task import SSLTask
-from metadino.train.watch import UniformTargetWatch
+from metadino.train.watch import DataWaitWatch, UniformTargetWatch
 
 __all__ = ["RUN_MARKER", "Run", "build_run", "saved_config"]
 
@@ -114,6 +115,7 @@ class Run:
     sharded: bool = False  # FSDP: checkpoints are DCP folders, the export gathers the full teacher first
     rebuild_backbone: Callable[[], Any] | None = None  # FSDP: an unsharded backbone to load the gathered export into
     data_position: int = 0  # batches used before this process: the step, plus fp16 overflow steps (their batches)
+    data_watch: DataWaitWatch | None = None  # on an accelerator: warns once when the steps wait for the loader
 
 
 def _check_run_dir(run_dir: Path, *, resume: bool, stop_after: int | None) -> None:
@@ -274,14 +276,15 @@ def _loader(cfg: Config, table: MetadataTable, encoders: dict[str, ColumnEncoder
     targets = TableTargets.from_table(table, encoders) if encoders else None
     dataset = SSLDataset(table, build_augmentation(cfg, patch_size), seed=t.seed, in_chans=cfg.model.in_chans,
                          targets=targets, regions=regions, options=build_read_options(cfg))
+    workers = resolve_num_workers(cfg, device)  # the same value build_run gives the data-wait watch
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate_crops,
-        num_workers=t.num_workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # keeps the global RNG untouched by loader start-up (exact resume)
-        prefetch_factor=2 if t.num_workers > 0 else None,
+        prefetch_factor=2 if workers > 0 else None,
     )
 
 
@@ -359,7 +362,17 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
         skipped_steps=skipped_steps, scaler=scaler, data_position=data_position, sharded=sharded,
         tensorboard_dir=run_dir / "tensorboard" if "tensorboard" in cfg.train.log_to else None,
         rebuild_backbone=(lambda: _unsharded_export_backbone(cfg)) if sharded else None,
+        data_watch=_data_watch(cfg, device),
     )
+
+
+def _data_watch(cfg: Config, device: torch.device) -> DataWaitWatch | None:
+    """On a GPU (or MPS) a step that waits for data wastes the device: watch for it. On a CPU the loader and the model
+    share the cores, so waiting is expected and only logged (data_wait_share)."""
+    if device.type == "cpu":
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return DataWaitWatch(resolve_num_workers(cfg, device), cores)
 
 
 def _grad_scaler(device: torch.device, sharded: bool) -> torch.amp.GradScaler:

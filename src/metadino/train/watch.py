@@ -1,7 +1,8 @@
-"""A watch on the DINO (CLS) term: warn once when it sits at the uniform fixed point ln K.
+"""Watches on a running training that warn once, in one sentence with the remedy, when something is off.
 
-At that point the teacher's Sinkhorn-Knopp (or centred softmax) targets are uniform over the K prototypes,
-the DINO loss has no gradient left, and the CLS token is trained by iBOT and KoLeo alone.
+``UniformTargetWatch``: the DINO (CLS) term sits at the uniform fixed point ln K. At that point the teacher's
+Sinkhorn-Knopp (or centred softmax) targets are uniform over the K prototypes, the DINO loss has no gradient left, and
+the CLS token is trained by iBOT and KoLeo alone. ``DataWaitWatch``: the steps wait for the data loader (a starved GPU).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["UniformTargetWatch"]
+__all__ = ["DataWaitWatch", "UniformTargetWatch"]
 
 
 @dataclass
@@ -48,4 +49,43 @@ class UniformTargetWatch:
             "and the CLS token is not learning from it. Keep ssl.head.batchnorm: true, lower ssl.teacher_temp (0.025), "
             "freeze the prototypes longer (ssl.freeze_last_layer_steps), or raise train.batch_size; "
             "`metadino eval` on a labelled subset tells whether the CLS still improves."
+        )
+
+
+@dataclass
+class DataWaitWatch:
+    """Counts consecutive logged intervals whose share of time spent waiting for a batch exceeds `threshold`.
+
+    Args:
+        num_workers: the loader's worker processes (named in the warning).
+        cores: CPU cores this process may use (named in the warning).
+        threshold: share of an interval's wall time spent waiting that counts as starved.
+        intervals: consecutive starved intervals before the warning.
+        skip: first intervals never counted (they include the workers' start-up).
+    """
+
+    num_workers: int
+    cores: int
+    threshold: float = 0.3
+    intervals: int = 3
+    skip: int = 1
+    warned: bool = False
+    _seen: int = field(default=0, repr=False)
+    _run: int = field(default=0, repr=False)
+
+    def update(self, step: int, share: float) -> str | None:
+        """Feed the data-wait share of the interval ending at `step`; returns the warning text once."""
+        self._seen += 1
+        if self._seen <= self.skip:
+            return None
+        self._run = self._run + 1 if share > self.threshold else 0
+        if self.warned or self._run < self.intervals:
+            return None
+        self.warned = True
+        return (
+            f"warning: up to step {step} the training waited for data {100 * share:.0f} % of the time "
+            f"({self._run} logged intervals in a row above {100 * self.threshold:.0f} %): the loader's "
+            f"{self.num_workers} worker processes do not keep up with the model. Raise train.num_workers (this "
+            f"process may use {self.cores} cores), use fewer or smaller crops (crops.n_local, crops.local_size), or "
+            "store the images nearer the training size; data_wait_share in metrics.jsonl follows it."
         )
