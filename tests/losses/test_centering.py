@@ -72,3 +72,33 @@ def test_sinkhorn_rows_sum_to_one_and_prototypes_balanced(temp):
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(64), atol=1e-5, rtol=0)
     # With many iterations every prototype gets the same mass n/K.
     torch.testing.assert_close(probs.sum(dim=0), torch.full((16,), 4.0), atol=1e-3, rtol=0)
+
+
+def _sinkhorn_out_of_place_start(logits, teacher_temp, n_iterations=3):
+    # The single-process formula before the exponentials were taken in place (bit-for-bit reference).
+    col_max = logits.amax(dim=0)
+    col_max = torch.where(torch.isfinite(col_max), col_max, torch.zeros_like(col_max))
+    q = torch.exp((logits - col_max) / teacher_temp).t()
+    n, k = logits.shape
+    tiny = torch.finfo(q.dtype).tiny
+    q /= q.sum().clamp_min(tiny)
+    for _ in range(n_iterations):
+        q /= q.sum(dim=1, keepdim=True).clamp_min(tiny)
+        q /= k
+        q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)
+        q /= n
+    q *= n
+    return q.t()
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])
+def test_sinkhorn_in_place_exponentials_change_no_bit(reference_values, scale):
+    logits = reference_values["ibot/teacher_masked_logits"]
+    gen = torch.Generator().manual_seed(0)
+    for x in (logits, torch.randn(40, 3000, generator=gen) * scale):
+        before = x.clone()
+        assert torch.equal(sinkhorn_knopp(x, 0.07), _sinkhorn_out_of_place_start(x, 0.07))
+        assert torch.equal(x, before)  # the caller's logits are left alone
+        # under bf16 autocast too: fp32 inside
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(sinkhorn_knopp(x.bfloat16(), 0.07), _sinkhorn_out_of_place_start(x.bfloat16().float(), 0.07))

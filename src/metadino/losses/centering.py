@@ -30,7 +30,8 @@ def sinkhorn_knopp(teacher_logits: Tensor, teacher_temp: float, n_iterations: in
     """Sinkhorn-Knopp normalization of teacher logits (DINOv2, Oquab et al. 2023), exact across ranks.
 
     Args:
-        teacher_logits: [n, K] logits; n may be 0 on some ranks (iBOT: no masked token here).
+        teacher_logits: [n, K] logits; n may be 0 on some ranks (iBOT: no masked token here). fp32, or half
+            precision (upcast exactly into the buffer the result is computed in: the same result as for ``.float()``).
         teacher_temp: teacher temperature τ_t.
         n_iterations: number of row/column normalization rounds (3 in DINOv2/v3).
         group: process group for the all-reduces (default group when None).
@@ -39,21 +40,26 @@ def sinkhorn_knopp(teacher_logits: Tensor, teacher_temp: float, n_iterations: in
         [n, K] fp32 probabilities; every row sums to 1.
     """
     with torch.no_grad(), full_precision(teacher_logits.device):
-        return _sinkhorn_knopp(teacher_logits.float(), teacher_temp, n_iterations, group)
+        half = teacher_logits.dtype in (torch.bfloat16, torch.float16)  # upcast in _sinkhorn_knopp, in one copy
+        return _sinkhorn_knopp(teacher_logits if half else teacher_logits.float(), teacher_temp, n_iterations, group)
 
 
 def _sinkhorn_knopp(logits: Tensor, teacher_temp: float, n_iterations: int, group: dist.ProcessGroup | None) -> Tensor:
     n, k = logits.shape
     # Per-prototype max over the global batch: scaling row k of Q by a constant is cancelled exactly by the
     # first row normalization, so this only prevents exp() overflow (reference: no shift).
-    col_max = logits.amax(dim=0) if n > 0 else logits.new_full((k,), float("-inf"))
+    col_max = logits.amax(dim=0).float() if n > 0 else logits.new_full((k,), float("-inf"), dtype=torch.float32)
     _all_reduce(col_max, dist.ReduceOp.MAX, group)
     col_max = torch.where(torch.isfinite(col_max), col_max, torch.zeros_like(col_max))
-    q = torch.exp((logits - col_max) / teacher_temp).t()  # [K, n]
+    # In place on one fresh fp32 [n, K] buffer (the exact fp32 copy of half-precision logits): the same ops as
+    # exp((logits.float() - col_max) / τ), bit for bit, without two or three more temporaries of the logits' size
+    # (M x 65536 for iBOT), whose page faults cost more than the arithmetic on them.
+    shifted = logits - col_max if logits.dtype == torch.float32 else logits.float().sub_(col_max)
+    q = shifted.div_(teacher_temp).exp_().t()  # [K, n]
 
     n_total = _all_reduce(torch.tensor(float(n), device=logits.device), group=group)
     if n_total.item() == 0:
-        return logits.new_zeros((0, k))
+        return logits.new_zeros((0, k), dtype=torch.float32)
     # `tiny` guards against 0/0 when a whole row or column underflows (extreme logits only).
     tiny = torch.finfo(q.dtype).tiny
     q_sum = _all_reduce(q.sum(), group=group)
