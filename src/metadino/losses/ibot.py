@@ -2,13 +2,83 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from metadino.precision import full_precision
 
-__all__ = ["IBOTPatchLoss"]
+__all__ = ["CHUNK_ELEMENTS", "IBOTPatchLoss", "soft_cross_entropy_rows"]
+
+
+#: Rows per chunk of :func:`soft_cross_entropy_rows`: about this many elements (16 MB of fp32) per temporary.
+CHUNK_ELEMENTS = 1 << 22
+
+
+class _SoftCrossEntropyRows(torch.autograd.Function):
+    """Σ_k p_jk · log_softmax(s_j / τ)_k per row j in fp32, gradient for s only, a block of rows at a time.
+
+    Each row is computed with the kernels autograd runs for ``(p * F.log_softmax(s.float() / τ, -1)).sum(-1)``, in the
+    same order (forward and backward bit for bit; a row's result does not depend on its neighbours). Done over all of
+    an [M, K] = [~1000, 65536] input at once, every one of those kernels writes a fresh 250 MB temporary whose page
+    faults cost more than its arithmetic, and log_softmax's output is kept for the backward. By blocks of rows the
+    temporaries are 16 MB (reused from the heap), and the backward recomputes log_softmax of its block instead of
+    keeping it. The gradient has the dtype of s (bf16 logits: the fp32 gradient rounded once, as a ``.float()`` of
+    them would give).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, probs: Tensor, temp: float) -> Tensor:
+        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        for rows in _row_blocks(logits):
+            log_q = torch.log_softmax(_scaled(logits[rows], temp), dim=-1)
+            torch.sum(torch.mul(probs[rows], log_q, out=log_q), dim=-1, out=out[rows])
+        ctx.save_for_backward(logits, probs)
+        ctx.temp = temp
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        logits, probs = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for rows in _row_blocks(logits):
+            log_q = torch.log_softmax(_scaled(logits[rows], ctx.temp), dim=-1)
+            grad_log_q = grad[rows].unsqueeze(-1) * probs[rows]  # MulBackward0 of p * log_q
+            grad_scaled = torch._log_softmax_backward_data(grad_log_q, log_q, -1, log_q.dtype)  # LogSoftmaxBackward0
+            torch.div(grad_scaled, ctx.temp, out=grad_logits[rows])  # DivBackward0 of s / τ (+ the cast to s's dtype)
+        return grad_logits, None, None
+
+
+def _scaled(logits: Tensor, temp: float) -> Tensor:
+    """fp32 ``logits.float() / temp`` as a new tensor (in place on the fp32 copy of half-precision logits)."""
+    return logits / temp if logits.dtype == torch.float32 else logits.float().div_(temp)
+
+
+def _row_blocks(x: Tensor) -> list[slice]:
+    """Blocks of at least two rows (one row alone would be summed by a split, two-pass reduction: other bits)."""
+    n = x.shape[0]
+    rows = max(2, CHUNK_ELEMENTS // max(1, x.shape[-1]))
+    starts = list(range(0, n, rows))
+    if len(starts) > 1 and n - starts[-1] < 2:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [n], strict=True)]
+
+
+def soft_cross_entropy_rows(logits: Tensor, probs: Tensor, temp: float) -> Tensor:
+    """[M] row sums Σ_k p_jk log softmax(s_j / τ)_k of [M, K] `logits` s (fp32, or half precision, upcast) and fp32
+    `probs` p, all in fp32 (call it outside autocast).
+
+    Equal, bit for bit, to ``(probs * F.log_softmax(logits.float() / temp, dim=-1)).sum(dim=-1)``, gradient included;
+    when `probs` needs a gradient too, that expression is what runs.
+    """
+    if probs.requires_grad:
+        return (probs * F.log_softmax(logits.float() / temp, dim=-1)).sum(dim=-1)
+    out: Tensor = _SoftCrossEntropyRows.apply(logits, probs.float(), temp)  # type: ignore[no-untyped-call]
+    return out
 
 
 class IBOTPatchLoss(nn.Module):
@@ -43,6 +113,5 @@ class IBOTPatchLoss(nn.Module):
         if n_images <= 0:
             raise ValueError(f"n_images must be positive when there are masked tokens, got {n_images}")
         with full_precision(student_masked_logits.device):
-            log_q = F.log_softmax(student_masked_logits.float() / self.student_temp, dim=-1)
-            per_token = torch.sum(teacher_probs.float() * log_q, dim=-1)
+            per_token = soft_cross_entropy_rows(student_masked_logits, teacher_probs, self.student_temp)
             return -(per_token * masks_weight.float()).sum() / n_images
