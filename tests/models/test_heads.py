@@ -65,3 +65,56 @@ def test_norm_last_layer_gives_cosine_logits():
     expected = F.normalize(bottleneck, dim=-1) @ F.normalize(head.last_layer.weight, dim=1).T
     torch.testing.assert_close(logits, expected)
     assert logits.abs().max() <= 1.0 + 1e-6
+
+
+def _autocast_step(head, x, fast: bool):
+    """Logits and gradients of one bf16-autocast forward/backward, through the head or the fp32 expression."""
+    head.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if fast:
+            logits = head(x)
+        else:
+            z = F.normalize(head.mlp(x), dim=-1, eps=l2_normalize_eps(torch.bfloat16))
+            logits = F.linear(z, F.normalize(head.last_layer.weight, dim=1, eps=1e-12))
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
+    (logits.float() ** 2 + logits.float() * weights).sum().backward()
+    return logits, {n: p.grad.clone() for n, p in head.named_parameters()}
+
+
+def test_norm_last_layer_under_autocast_is_the_fp32_expression_cast():
+    # Under autocast the normalised prototypes are written straight in bf16: logits bit for bit those of the fp32
+    # F.normalize cast by autocast, gradients equal up to fp32 rounding (the derivative is formed in fewer passes).
+    torch.manual_seed(0)
+    head = DINOHead(16, out_dim=512, hidden_dim=32, bottleneck_dim=24, norm_last_layer=True)
+    with torch.no_grad():
+        head.last_layer.weight.mul_(torch.rand(512, 1) * 4 + 0.1)
+        head.last_layer.weight[3].zero_()  # a row below eps: only g / eps reaches it
+    x = torch.randn(40, 16)
+    fast_logits, fast_grads = _autocast_step(head, x, fast=True)
+    plain_logits, plain_grads = _autocast_step(head, x, fast=False)
+    assert fast_logits.dtype == torch.bfloat16 and torch.equal(fast_logits, plain_logits)
+    for name, grad in plain_grads.items():
+        fast = fast_grads[name]
+        if name == "last_layer.weight":  # the clamped row (g / eps, ~1e12 times the others) on its own
+            torch.testing.assert_close(fast[3], grad[3], rtol=1e-6, atol=0)
+            assert grad[3].abs().min() > 1e6
+            fast, grad = fast[torch.arange(512) != 3], grad[torch.arange(512) != 3]
+        scale = grad.abs().max().item()
+        torch.testing.assert_close(fast, grad, rtol=1e-5, atol=1e-6 * scale, msg=name)
+    with torch.no_grad():  # the teacher's path
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(head(x), plain_logits)
+
+
+def test_norm_last_layer_fp32_is_f_normalize_bit_for_bit():
+    torch.manual_seed(0)
+    head = DINOHead(16, out_dim=64, hidden_dim=32, bottleneck_dim=8, norm_last_layer=True)
+    x = torch.randn(6, 16)
+    logits = head(x)
+    logits.square().sum().backward()
+    grad = head.last_layer.weight.grad
+    head.zero_grad(set_to_none=True)
+    z = F.normalize(head.mlp(x), dim=-1, eps=1e-12)
+    plain = F.linear(z, F.normalize(head.last_layer.weight, dim=1, eps=1e-12))
+    plain.square().sum().backward()
+    assert torch.equal(logits, plain) and torch.equal(grad, head.last_layer.weight.grad)

@@ -6,13 +6,50 @@ caller's decision.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from metadino.models.global_batchnorm import GlobalBatchNorm
 
-__all__ = ["DINOHead", "l2_normalize_eps"]
+__all__ = ["DINOHead", "l2_normalize_eps", "unit_rows_lowp"]
+
+
+class _UnitRowsLowp(torch.autograd.Function):
+    """fp32 ``w / max(‖w_k‖, eps)`` per row, written once in a lower precision `dtype`; fp32 gradient for `w`."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
+        norm = weight.norm(2, 1, keepdim=True)  # what F.normalize computes, in the same order
+        denom = norm.clamp_min(eps)
+        out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
+        torch.div(weight, denom, out=out)  # divided in fp32, rounded once to `dtype`: autocast's cast of F.normalize
+        ctx.save_for_backward(weight, denom, norm >= eps)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        weight, denom, unclamped = ctx.saved_tensors
+        # d(w / ‖w‖) = (g - w (w·g) / ‖w‖²) / ‖w‖ per row; where the norm was clamped to eps only g / eps remains.
+        g = grad.to(weight.dtype)
+        coef = torch.einsum("kd,kd->k", weight, g).unsqueeze(1).div_(denom * denom).neg_().mul_(unclamped)
+        return g.addcmul_(weight, coef).div_(denom), None, None
+
+
+def unit_rows_lowp(weight: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
+    """``F.normalize(weight, dim=1, eps=eps).to(dtype)`` in one pass over `weight` and without its fp32 copy.
+
+    Forward bit for bit what autocast feeds a matmul from the fp32 expression; the gradient is the same derivative,
+    formed in three passes over the [K, D] weight instead of autograd's chain of full-size temporaries (DivBackward
+    of the broadcast norm, the norm's own backward, the cast back to fp32), so it may differ from it by fp32
+    rounding.
+    """
+    out: Tensor = _UnitRowsLowp.apply(weight, eps, dtype)  # type: ignore[no-untyped-call]
+    return out
 
 
 def l2_normalize_eps(dtype: torch.dtype) -> float:
@@ -91,8 +128,22 @@ class DINOHead(nn.Module):
         z = F.normalize(bottleneck, p=2, dim=-1, eps=l2_normalize_eps(bottleneck.dtype))
         weight = self.last_layer.weight
         if self.norm_last_layer:
-            weight = F.normalize(weight, p=2, dim=1, eps=l2_normalize_eps(weight.dtype))
+            eps = l2_normalize_eps(weight.dtype)
+            lowp = _autocast_dtype(weight)
+            if lowp is not None:  # autocast would cast the normalised fp32 rows to `lowp` anyway: write them so
+                weight = unit_rows_lowp(weight, eps, lowp)
+            else:
+                weight = F.normalize(weight, p=2, dim=1, eps=eps)
         logits = F.linear(z, weight)
         if return_bottleneck:
             return logits, bottleneck
         return logits
+
+
+def _autocast_dtype(weight: Tensor) -> torch.dtype | None:
+    """The lower precision autocast casts `weight` (fp32) to for a matmul on its device, or None (autocast off)."""
+    device = weight.device.type
+    if weight.dtype != torch.float32 or not torch.is_autocast_enabled(device):
+        return None
+    dtype = torch.get_autocast_dtype(device)
+    return dtype if dtype in (torch.bfloat16, torch.float16) else None
