@@ -5,7 +5,9 @@
 One step = what the loop does (teacher forward, student forward on 2 global + n local crops, DINO + iBOT + KoLeo,
 backward, clipping, AdamW, EMA update), on a fixed random batch (no data loading: this measures the model), patch 16,
 2 x 224 px + 8 x 96 px crops by default, heads of DINOv2's size (65536 prototypes). FLOPs are counted once with
-``torch.utils.flop_counter.FlopCounterMode`` on a real step (matmuls and convolutions, forward and backward). The
+``torch.utils.flop_counter.FlopCounterMode`` on a real step (matmuls and convolutions, forward and backward;
+attention's two matmuls whichever SDPA backend runs them: the counter knows the CUDA kernels and the math backend's
+matmuls, and :func:`_flop_counter` adds the CPU flash kernel with the counter's own SDPA formulas). The
 peak is measured here: the best of several large square matmuls in the step's dtype. MFU = counted FLOPs / step time
 / peak. Step time is the median of `--steps` steps after 2 warm-up steps. ``gpu_suite.py`` calls :func:`measure`.
 """
@@ -38,6 +40,28 @@ def matmul_peak(device: torch.device, precision: str, *, size: int | None = None
     return 2 * n**3 / best
 
 
+def _flop_counter() -> Any:
+    """A FlopCounterMode that also counts CPU flash attention, forward and backward (unknown to the counter), as
+    the math backend's matmuls count."""
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+
+    def forward(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return int(flop_counter.sdpa_flop_count(query, key, value))
+
+    def backward(grad_out: Any, query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None,
+                 **kwargs: Any) -> int:
+        # Model FLOPs: the gradients of the two matmuls (two matmuls each), not the kernel's recomputed scores, so that
+        # the count equals the math backend's (autograd through its bmm calls).
+        return 2 * int(flop_counter.sdpa_flop_count(query, key, value))
+
+    return flop_counter.FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+    })
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -59,8 +83,6 @@ def measure(*, preset: str = "vit-small", precision: str = "bf16", batch: int = 
             steps: int = 5, global_size: int = 224, local_size: int = 96, n_local: int = 8,
             fsdp: bool = False) -> dict[str, Any]:
     """One configuration's step time, images/s, counted FLOPs, MFU and peak memory (CUDA)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from metadino.config import config_from_dict
     from metadino.data.batch import Batch
     from metadino.device import resolve_device
@@ -115,7 +137,7 @@ def measure(*, preset: str = "vit-small", precision: str = "bf16", batch: int = 
             optimizer.step()
         task.commit(0.996)
 
-    with FlopCounterMode(display=False) as counter:
+    with _flop_counter() as counter:
         step()
     flops = counter.get_total_flops()
     step()  # second warm-up

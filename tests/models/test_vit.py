@@ -108,3 +108,53 @@ def test_masks_validation() -> None:
         vit(torch.randn(2, 3, 32, 32), torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(UserError, match="in_chans"):
         vit(torch.randn(2, 1, 32, 32))
+
+
+def test_attend_runs_short_half_precision_cpu_attention_in_fp32():
+    # CPU, bf16, with a gradient, up to MATH_SDPA_MAX_TOKENS: the math backend, i.e. the fp32 attention of the bf16
+    # inputs rounded once; gradients agree with the flash kernel's up to bf16 rounding.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from metadino.models.vit import MATH_SDPA_MAX_TOKENS, attend
+
+    gen = torch.Generator().manual_seed(0)
+    for tokens in (37, MATH_SDPA_MAX_TOKENS):
+        q, k, v = (torch.randn(3, 2, tokens, 16, generator=gen).bfloat16().requires_grad_() for _ in range(3))
+        out = attend(q, k, v)
+        with sdpa_kernel(SDPBackend.MATH):
+            exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        assert out.dtype == torch.bfloat16 and torch.equal(out, exact.bfloat16())
+        grad = torch.randn(out.shape, generator=gen).bfloat16()
+        fast = torch.autograd.grad(out, (q, k, v), grad)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            flash = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), grad)
+        for a, b in zip(fast, flash, strict=True):
+            torch.testing.assert_close(a.float(), b.float(), atol=0.05, rtol=0.02)
+        with torch.no_grad():  # no gradient: SDPA's own choice, as before
+            assert torch.equal(attend(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    # longer sequences and fp32 keep SDPA's own choice, bit for bit
+    long = [torch.randn(2, 2, MATH_SDPA_MAX_TOKENS + 1, 16, generator=gen).bfloat16().requires_grad_() for _ in range(3)]
+    assert torch.equal(attend(*long), F.scaled_dot_product_attention(*long))
+    fp32 = [torch.randn(2, 2, 37, 16, generator=gen, requires_grad=True) for _ in range(3)]
+    assert torch.equal(attend(*fp32), F.scaled_dot_product_attention(*fp32))
+
+
+def test_mfu_benchmark_counts_attention_alike_on_every_backend(monkeypatch):
+    # benchmarks/mfu.py counts CPU flash attention (which FlopCounterMode does not know) as the math backend's
+    # matmuls count, so that the step's FLOPs do not depend on the backend `attend` picks.
+    import sys
+    from pathlib import Path
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import mfu
+
+    counts = []
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.MATH):
+        q, k, v = (torch.randn(4, 3, 37, 16, requires_grad=True) for _ in range(3))
+        with mfu._flop_counter() as counter, sdpa_kernel(backend):
+            F.scaled_dot_product_attention(q, k, v).sum().backward()
+        counts.append(counter.get_total_flops())
+    sys.modules.pop("mfu", None)
+    assert counts[0] == counts[1] == 3 * 2 * (2 * 4 * 3 * 37 * 37 * 16)  # 2 matmuls forward, 4 backward
