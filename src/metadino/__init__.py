@@ -1,3 +1,3 @@
 """metadino: metadata-guided self-supervised adaptation of vision foundation models."""
 
-__version__ = "0.1.0"
+__version__ = "0.4.0"
