@@ -14,8 +14,8 @@ from metadino.precision import full_precision
 __all__ = ["CHUNK_ELEMENTS", "IBOTPatchLoss", "soft_cross_entropy_rows"]
 
 
-#: Rows per chunk of :func:`soft_cross_entropy_rows`: about this many elements (16 MB of fp32) per temporary.
-CHUNK_ELEMENTS = 1 << 22
+#: Rows per block of :func:`soft_cross_entropy_rows`: about this many elements (4 MB of fp32) per scratch buffer.
+CHUNK_ELEMENTS = 1 << 20
 
 
 class _SoftCrossEntropyRows(torch.autograd.Function):
@@ -25,17 +25,20 @@ class _SoftCrossEntropyRows(torch.autograd.Function):
     same order (forward and backward bit for bit; a row's result does not depend on its neighbours). Done over all of
     an [M, K] = [~1000, 65536] input at once, every one of those kernels writes a fresh 250 MB temporary whose page
     faults cost more than its arithmetic, and log_softmax's output is kept for the backward. By blocks of rows the
-    temporaries are 16 MB (reused from the heap), and the backward recomputes log_softmax of its block instead of
-    keeping it. The gradient has the dtype of s (bf16 logits: the fp32 gradient rounded once, as a ``.float()`` of
-    them would give).
+    kernels write into three small scratch buffers that stay in cache, and the backward recomputes log_softmax of its
+    block instead of keeping it. The gradient has the dtype of s (bf16 logits: the fp32 gradient rounded once, as a
+    ``.float()`` of them would give).
     """
 
     @staticmethod
     def forward(ctx: Any, logits: Tensor, probs: Tensor, temp: float) -> Tensor:
         out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-        for rows in _row_blocks(logits):
-            log_q = torch.log_softmax(_scaled(logits[rows], temp), dim=-1)
-            torch.sum(torch.mul(probs[rows], log_q, out=log_q), dim=-1, out=out[rows])
+        blocks = _row_blocks(logits)
+        scratch, log_q = _scratch(logits, blocks, 2)
+        for rows in blocks:
+            n = rows.stop - rows.start
+            _log_q(logits[rows], temp, scratch[:n], log_q[:n])
+            torch.sum(torch.mul(probs[rows], log_q[:n], out=scratch[:n]), dim=-1, out=out[rows])
         ctx.save_for_backward(logits, probs)
         ctx.temp = temp
         return out
@@ -45,27 +48,41 @@ class _SoftCrossEntropyRows(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         logits, probs = ctx.saved_tensors
         grad_logits = torch.empty_like(logits)
-        for rows in _row_blocks(logits):
-            log_q = torch.log_softmax(_scaled(logits[rows], ctx.temp), dim=-1)
-            grad_log_q = grad[rows].unsqueeze(-1) * probs[rows]  # MulBackward0 of p * log_q
-            grad_scaled = torch._log_softmax_backward_data(grad_log_q, log_q, -1, log_q.dtype)  # LogSoftmaxBackward0
-            torch.div(grad_scaled, ctx.temp, out=grad_logits[rows])  # DivBackward0 of s / τ (+ the cast to s's dtype)
+        blocks = _row_blocks(logits)
+        scratch, log_q, grad_scaled = _scratch(logits, blocks, 3)
+        for rows in blocks:
+            n = rows.stop - rows.start
+            _log_q(logits[rows], ctx.temp, scratch[:n], log_q[:n])
+            grad_log_q = torch.mul(grad[rows].unsqueeze(-1), probs[rows], out=scratch[:n])  # MulBackward0 of p * log_q
+            torch._log_softmax_backward_data(grad_log_q, log_q[:n], -1, torch.float32, out=grad_scaled[:n])
+            torch.div(grad_scaled[:n], ctx.temp, out=grad_logits[rows])  # DivBackward0 of s / τ (+ cast to s's dtype)
         return grad_logits, None, None
 
 
-def _scaled(logits: Tensor, temp: float) -> Tensor:
-    """fp32 ``logits.float() / temp`` as a new tensor (in place on the fp32 copy of half-precision logits)."""
-    return logits / temp if logits.dtype == torch.float32 else logits.float().div_(temp)
+def _log_q(logits: Tensor, temp: float, scaled: Tensor, out: Tensor) -> None:
+    """``out = log_softmax(logits.float() / temp)`` through the fp32 buffer `scaled`."""
+    if logits.dtype == torch.float32:
+        torch.div(logits, temp, out=scaled)
+    else:
+        scaled.copy_(logits).div_(temp)
+    torch.log_softmax(scaled, dim=-1, out=out)
 
 
 def _row_blocks(x: Tensor) -> list[slice]:
     """Blocks of at least two rows (one row alone would be summed by a split, two-pass reduction: other bits)."""
     n = x.shape[0]
+    if n == 0:
+        return []
     rows = max(2, CHUNK_ELEMENTS // max(1, x.shape[-1]))
     starts = list(range(0, n, rows))
     if len(starts) > 1 and n - starts[-1] < 2:
         starts.pop()
     return [slice(a, b) for a, b in zip(starts, starts[1:] + [n], strict=True)]
+
+
+def _scratch(x: Tensor, blocks: list[slice], count: int) -> list[Tensor]:
+    rows = max((b.stop - b.start for b in blocks), default=0)
+    return [torch.empty((rows, x.shape[-1]), dtype=torch.float32, device=x.device) for _ in range(count)]
 
 
 def soft_cross_entropy_rows(logits: Tensor, probs: Tensor, temp: float) -> Tensor:
