@@ -13,6 +13,7 @@ as it reads); a single unsharded process gathers them into full tensors first.
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ def shard_task(task: Any, *, precision: str, reshard_after_forward: bool = True)
     model holding it is sharded. They are never updated, so the copies stay equal."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    # SSLModel returns slices of its token tensors (views); nothing changes them in place, and the 2-process tests pin
+    # the gradients to DDP's, so FSDP's generic caution about in-place ops on views is noise for this one module
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPSSLModel\) returned a view tensor")
     policy = MixedPrecisionPolicy(param_dtype=_PARAM_DTYPE.get(precision), reduce_dtype=torch.float32)
     for model in (task.student, task.teacher):
         for block in model.backbone.blocks:
