@@ -50,8 +50,8 @@ def test_each_precision_has_its_own_cache_entry_and_fp32_keeps_the_earlier_key(s
 def test_loader_workers_default_to_none_on_a_cpu_and_several_beside_a_gpu(monkeypatch):
     assert loader_workers(None, torch.device("cpu")) == 0
     assert loader_workers(3, torch.device("cpu")) == 3
-    monkeypatch.setattr(features_mod.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(features_mod, "usable_cores", lambda: 16)
     assert loader_workers(None, torch.device("cuda", 0)) == 8
-    monkeypatch.setattr(features_mod.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(features_mod, "usable_cores", lambda: 2)
     assert loader_workers(None, torch.device("cuda", 0)) == 1
     assert loader_workers(0, torch.device("cuda", 0)) == 0

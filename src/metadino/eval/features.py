@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from metadino.data.dataset import EvalDataset
 from metadino.data.sources import ImageSource
 from metadino.data.table import MetadataTable
+from metadino.device import usable_cores
 from metadino.errors import UserError
 from metadino.files import atomic_write, cache_root
 from metadino.models.backbone import Backbone
@@ -43,7 +43,7 @@ def loader_workers(requested: int | None, device: torch.device) -> int:
         return requested
     if device.type == "cpu":
         return 0
-    return max(1, min(8, (os.cpu_count() or 1) - 1))
+    return max(1, min(8, usable_cores() - 1))
 
 
 @dataclass

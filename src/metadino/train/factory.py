@@ -14,6 +14,7 @@ from metadino.data.reading import ReadOptions
 from metadino.data.sources import ImageLayout
 from metadino.data.table import MetadataTable
 from metadino.data.targets import ColumnEncoder, Kind, build_encoder
+from metadino.device import usable_cores
 from metadino.errors import UserError
 from metadino.guidance import GuideHead, MLPClassifier, MLPRegressor, PrototypeBank
 from metadino.guidance.guides import GuideSet, GuideSpec
@@ -139,8 +140,7 @@ def resolve_num_workers(cfg: Config, device: torch.device) -> int:
         return n
     if device.type != "cuda":
         return 2
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_process = cores // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    per_process = usable_cores() // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
     return max(1, min(16, per_process - 1))
 
 

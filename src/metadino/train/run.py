@@ -42,7 +42,7 @@ from metadino.data.preflight import (
 from metadino.data.regions import load_regions
 from metadino.data.table import MetadataTable, load_table
 from metadino.data.targets import ColumnEncoder, TableTargets, save_vocab
-from metadino.device import resolve_device
+from metadino.device import resolve_device, usable_cores
 from metadino.errors import UserError
 from metadino.models.adapt import count_parameters
 from metadino.models.preprocessing import Preprocessing
@@ -371,8 +371,7 @@ def _data_watch(cfg: Config, device: torch.device) -> DataWaitWatch | None:
     share the cores, so waiting is expected and only logged (data_wait_share)."""
     if device.type == "cpu":
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return DataWaitWatch(resolve_num_workers(cfg, device), cores)
+    return DataWaitWatch(resolve_num_workers(cfg, device), usable_cores())
 
 
 def _grad_scaler(device: torch.device, sharded: bool) -> torch.amp.GradScaler:
