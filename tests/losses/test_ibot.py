@@ -95,3 +95,10 @@ def test_ibot_loss_of_bf16_logits_is_that_of_their_fp32_copy():
     reference = IBOTPatchLoss()(student.float(), teacher, weight, n_images=4)
     reference.backward()
     assert torch.equal(loss, reference) and grad is not None and torch.equal(grad, student.grad)
+
+
+def test_soft_cross_entropy_rows_of_no_rows():
+    logits = torch.zeros(0, 8, requires_grad=True)
+    per_row = ibot.soft_cross_entropy_rows(logits, torch.zeros(0, 8), 0.1)
+    per_row.sum().backward()
+    assert per_row.shape == (0,) and logits.grad is not None and logits.grad.shape == (0, 8)
