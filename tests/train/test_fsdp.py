@@ -166,3 +166,28 @@ def test_shard_task_leaves_no_model_unsharded(tmp_path, image_table):
             assert torch.equal(p.full_tensor(), before)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.integration
+def test_fsdp_distils_from_a_sharded_frozen_teacher_like_ddp(tmp_path, image_table):
+    """Distillation (a larger frozen teacher, its heads by EMA, a LoRA student): under FSDP the teacher's backbone is
+    sharded too; the losses are DDP's and the export is the student with its adapters merged."""
+    from metadino.export import load_model
+    from metadino.models.registry import build_backbone
+
+    torch.manual_seed(123)
+    teacher = build_backbone("builtin:vit-tiny", patch_size=8, image_size=32, embed_dim=48, depth=2, num_heads=2)
+    teacher.save_pretrained(tmp_path / "teacher")
+    for parallel in ("ddp", "fsdp"):
+        cfg = _cfg(image_table, parallel, 3)
+        cfg["ssl"]["distill"] = {"teacher": str(tmp_path / "teacher")}
+        cfg["adapt"] = {"mode": "lora", "lora": {"rank": 4}}
+        torchrun_train(cfg, tmp_path / f"{parallel}.yaml", tmp_path / parallel)
+    ddp, fsdp = _log(tmp_path / "ddp"), _log(tmp_path / "fsdp")
+    for key in ("dino_local", "dino_global", "ibot", "total"):
+        assert fsdp[0][key] == pytest.approx(ddp[0][key], rel=1e-5, abs=1e-6), key
+    ours = load_model(str(tmp_path / "fsdp" / "backbone"))[0].state_dict()
+    theirs = load_model(str(tmp_path / "ddp" / "backbone"))[0].state_dict()
+    assert ours.keys() == theirs.keys() and ours["cls_token"].shape[-1] == 32  # the student, not the teacher
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=1e-3, atol=1e-4, msg=k)
