@@ -14,6 +14,7 @@ reports ``ok`` with its figures; a failing check records its error and the other
   on DTensors, and a DCP checkpoint that loads back into fresh shards exactly (several ranks need several GPUs:
   the CPU suite runs those on gloo).
 - ``embed_bf16``: feature extraction under bf16 autocast against fp32 (cosine of the CLS > 0.99).
+- ``knn``: the k-NN search on the device finds the CPU's neighbours (``eval`` searches on its ``--device``).
 
 Run ``gpu_suite.py`` for speed; this script is about correctness and takes about a minute on a GPU.
 """
@@ -175,6 +176,23 @@ def check_embed(table: Path, out: Path, device: str) -> dict[str, Any]:
     return {"ok": cosine > 0.99, "min_cosine": round(cosine, 5), "fp32_s": round(t_full, 3), "bf16_s": round(t_half, 3)}
 
 
+def check_knn(device: str) -> dict[str, Any]:
+    """The k-NN search on the device finds the CPU's neighbours (100k training rows, 1000 queries, k = 20)."""
+    from metadino.eval.knn import topk_cosine
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.nn.functional.normalize(torch.randn(100_000, 128, generator=g), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(1000, 128, generator=g), dim=1)
+    s_cpu, i_cpu = topk_cosine(train, queries, 20)
+    t0 = time.perf_counter()
+    s_dev, i_dev = topk_cosine(train.to(device), queries.to(device), 20)
+    seconds = time.perf_counter() - t0
+    same = (i_dev.cpu() == i_cpu).all(dim=1).float().mean().item()
+    worst = (s_dev.cpu() - s_cpu).abs().max().item()
+    return {"ok": same > 0.99 and worst < 1e-4, "rows_with_the_same_neighbours": same, "worst_similarity_difference": worst,
+            "device_s": round(seconds, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -192,6 +210,7 @@ def main() -> None:
         "compile": lambda: check_compile(table, out / "compile", args.device, args.steps),
         "fsdp": lambda: check_fsdp(out, args.device, args.steps),
         "embed_bf16": lambda: check_embed(table, out, args.device),
+        "knn": lambda: check_knn(args.device),
     }
     results: dict[str, Any] = {}
     for name, check in checks.items():

@@ -139,7 +139,10 @@ def _prepare_out(out: Path) -> None:
 
 
 def _knn_probs(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, labels: Labels, k: int,
-               temperature: float) -> np.ndarray:
+               temperature: float, device: str | torch.device = "cpu") -> np.ndarray:
+    """k-NN class probabilities of the test rows; the similarity search runs on `device` (a GPU searches 1M training
+    rows in a fraction of the CPU's 13 s), the votes on the CPU."""
+    train_x, test_x = train_x.to(device), test_x.to(device)
     if labels.multilabel:
         # multi-hot votes: each label's score is the similarity-weighted share of neighbours that carry it
         from metadino.eval.knn import knn_multilabel_scores
@@ -337,7 +340,7 @@ def _run_probes(probes: Sequence[str], data: dict[str, tuple[Split, np.ndarray, 
     predictions: dict[str, np.ndarray] = {}
     for probe in probes:
         if probe == "knn":
-            probs = _knn_probs(x_train, y_train, x_test, labels, k, temperature)
+            probs = _knn_probs(x_train, y_train, x_test, labels, k, temperature, device)
             results["knn"] = {**_metrics(y_test, probs, labels, groups, group_names), "k": k, "temperature": temperature}
         elif probe == "linear":
             lin = fit_linear_probe(x_train.numpy(), y_train, None if x_val is None else x_val.numpy(), y_val,

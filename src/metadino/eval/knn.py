@@ -116,7 +116,7 @@ def knn_multilabel_scores(
     training samples that carry each label (train_targets: multi-hot [N_train, C])."""
     train = F.normalize(train_features.float(), dim=1)
     test = F.normalize(test_features.float(), dim=1)
-    targets = train_targets.float()
+    targets = train_targets.float().to(test.device)
     if test.shape[0] == 0:
         return torch.empty(0, targets.shape[1])
     top_sim, top_idx = topk_cosine(train, test, k, backend=backend, query_chunk=chunk_size)
@@ -126,7 +126,7 @@ def knn_multilabel_scores(
         # subtract the row max before exp: the weights are only used relative to each other
         weights = ((s - s[:, :1]) / temperature).exp()
         scores.append((weights.unsqueeze(2) * targets[i]).sum(1) / weights.sum(1, keepdim=True))
-    return torch.cat(scores)
+    return torch.cat(scores).cpu()
 
 
 @torch.no_grad()
