@@ -52,3 +52,30 @@ def test_every_trainable_parameter_gets_a_finite_gradient_and_teacher_none(image
     for name, p in task.student.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert all(p.grad is None for p in task.teacher.parameters())
+
+
+def test_a_bf16_step_gives_the_terms_and_gradients_of_fp32_copies_of_the_ibot_logits(image_table, monkeypatch):
+    """The iBOT logits reach Sinkhorn-Knopp and the iBOT loss in bf16 (each upcasts inside, without a full fp32 copy):
+    every loss term and every gradient equals, bit for bit, a step that hands them `.float()` copies."""
+    import metadino.train.task as task_module
+
+    def step(copies: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        task = _task(image_table).train()
+        if copies:
+            sinkhorn, ibot = task_module.sinkhorn_knopp, task.ibot_loss.forward
+            monkeypatch.setattr(task_module, "sinkhorn_knopp", lambda x, t, **k: sinkhorn(x.float(), t, **k))
+            monkeypatch.setattr(task.ibot_loss, "forward", lambda x, *a, **k: ibot(x.float(), *a, **k))
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = task.training_step(_batch(), teacher_temp=0.07)
+        out.loss.backward()
+        monkeypatch.undo()
+        return ({k: v.detach() for k, v in out.terms.items()},
+                {n: p.grad for n, p in task.named_parameters() if p.grad is not None})
+
+    (terms, grads), (ref_terms, ref_grads) = step(False), step(True)
+    assert terms["ibot"] > 0 and terms.keys() == ref_terms.keys() and grads.keys() == ref_grads.keys()
+    for k in terms:
+        assert torch.equal(terms[k], ref_terms[k]), k
+    for n in grads:
+        assert torch.equal(grads[n], ref_grads[n]), n

@@ -233,7 +233,7 @@ class SSLTask(nn.Module):
             "dino_teacher_logit_std": logits.std(dim=-1).mean(),
         }
         if "ibot_logits" in out:
-            targets["ibot"] = sinkhorn_knopp(out["ibot_logits"].float(), teacher_temp)
+            targets["ibot"] = sinkhorn_knopp(out["ibot_logits"], teacher_temp)  # upcasts inside: no fp32 copy
         return targets
 
     def commit(self, momentum: float) -> None:
@@ -271,7 +271,8 @@ class SSLTask(nn.Module):
         if use_masks and "ibot_logits" in out:
             counts = masks.sum(dim=1).clamp(min=1)
             masks_weight = (1.0 / counts.float()).unsqueeze(1).expand_as(masks)[masks]
-            terms["ibot"] = self.ibot_loss(out["ibot_logits"].float(), targets["ibot"], masks_weight, n_images=n_g * B)
+            # bf16 logits as they are: the loss upcasts them by blocks, bit for bit as .float() would
+            terms["ibot"] = self.ibot_loss(out["ibot_logits"], targets["ibot"], masks_weight, n_images=n_g * B)
             total = total + self.weights["ibot"] * terms["ibot"]
         if self.gram_teacher is not None and self.gram_loss is not None:
             # DINOv3 conventions: the student's patch tokens of its (masked) global-crop forward, every token
