@@ -543,7 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import gc
+
     from metadino.config import load_config
+    from metadino.train.distributed import barrier, cleanup
     from metadino.train.loop import train
     from metadino.train.run import saved_config
 
@@ -556,7 +559,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides = [*_data_block_overrides(args.data_config), *overrides]
     out = args.out or Path("runs") / Path(config).stem
     cfg = load_config(config, overrides) if config is not None else saved_config(out, overrides)
-    result = train(cfg, out, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
+    try:
+        result = train(cfg, out, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
+        barrier()  # every rank is done with the process group before it goes
+    finally:
+        # the run's DDP/FSDP objects hold the group: free them, then destroy it, so that no communication thread is
+        # still running when the interpreter exits (gloo aborted a 4-process exit with "terminate called ...")
+        gc.collect()
+        cleanup()
     if int(os.environ.get("RANK", "0")) == 0:
         state = "finished" if result.finished else f"stopped at step {result.end_step} of {result.total_steps}"
         print(
