@@ -399,8 +399,8 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
 
 def _add_precision_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="feature extraction under autocast (bf16/fp16: about 2x faster on a GPU, features differ by "
-                        "rounding; cached apart from fp32's)")
+                   help="feature extraction under autocast (bf16/fp16: tensor-core matmuls on a GPU; features differ "
+                        "by rounding and are cached apart from fp32's)")
 
 
 def _add_model_input_options(p: argparse.ArgumentParser) -> None:

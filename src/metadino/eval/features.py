@@ -129,8 +129,8 @@ def extract(
 ) -> Features:
     """CLS, mean patch and (patch_blocks > 0) the last blocks' patch tokens of every row.
 
-    `precision` bf16 / fp16 runs the forward under autocast (about twice the images/s on a GPU; features then differ
-    from fp32 by rounding). On CUDA batches come through pinned memory and are copied without blocking.
+    `precision` bf16 / fp16 runs the forward under autocast (tensor-core matmuls on a GPU; features then differ from
+    fp32 by rounding). On CUDA batches come through pinned memory and are copied without blocking.
     """
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}.")
