@@ -48,8 +48,8 @@ def test_the_loop_feeds_the_data_wait_watch_and_prints_its_warning(tmp_path, ima
     from testkit import tiny_config
 
     cfg = config_from_dict(tiny_config(image_table, train={"steps": 5, "log_every": 1, "checkpoint_every": 5}))
-    assert run_module._data_watch(cfg, torch.device("cpu")) is None
-    assert isinstance(run_module._data_watch(cfg, torch.device("cuda", 0)), DataWaitWatch)
+    assert run_module._data_watch(torch.device("cpu"), 2) is None
+    assert isinstance(run_module._data_watch(torch.device("cuda", 0), 2), DataWaitWatch)
     fed: list[tuple[int, float]] = []
 
     class Recording(DataWaitWatch):
@@ -57,7 +57,7 @@ def test_the_loop_feeds_the_data_wait_watch_and_prints_its_warning(tmp_path, ima
             fed.append((step, share))
             return super().update(step, share)
 
-    monkeypatch.setattr(run_module, "_data_watch", lambda cfg, device: Recording(0, 2, threshold=-1.0, intervals=2))
+    monkeypatch.setattr(run_module, "_data_watch", lambda device, workers: Recording(0, 2, threshold=-1.0, intervals=2))
     train(cfg, tmp_path / "run", progress=False)
     assert [s for s, _ in fed] == [1, 2, 3, 4, 5] and all(0.0 <= share <= 1.0 for _, share in fed)
     assert capsys.readouterr().err.count("the training waited for data") == 1

@@ -267,7 +267,7 @@ def _restore(run_dir: Path, task: SSLTask, optimizer: torch.optim.Optimizer, cfg
 
 
 def _loader(cfg: Config, table: MetadataTable, encoders: dict[str, ColumnEncoder], regions: Any, patch_size: int,
-            device: torch.device, info: DistInfo, start: int, end_step: int) -> DataLoader[Any]:
+            device: torch.device, info: DistInfo, start: int, end_step: int, workers: int) -> DataLoader[Any]:
     """Batches from data position `start`; under fp16 without end (an overflow step uses a batch, not a step: the
     loop stops at its end step)."""
     t = cfg.train
@@ -276,7 +276,6 @@ def _loader(cfg: Config, table: MetadataTable, encoders: dict[str, ColumnEncoder
     targets = TableTargets.from_table(table, encoders) if encoders else None
     dataset = SSLDataset(table, build_augmentation(cfg, patch_size), seed=t.seed, in_chans=cfg.model.in_chans,
                          targets=targets, regions=regions, options=build_read_options(cfg))
-    workers = resolve_num_workers(cfg, device)  # the same value build_run gives the data-wait watch
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -343,10 +342,11 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
         task.prepare_distributed(device)
 
     precision = cfg.train.precision
+    workers = resolve_num_workers(cfg, device)
     return Run(
         dir=run_dir, device=device, dist=info, task=task, optimizer=optimizer, schedule=build_schedule(cfg),
         batches=_loader(cfg, table, encoders, regions, task.student.backbone.patch_size, device, info, data_position,
-                        end_step),
+                        end_step, workers),
         autocast=lambda: torch.autocast(device_type=device.type, dtype=_AUTOCAST.get(precision, torch.float32),
                                         enabled=precision in _AUTOCAST),
         clip_groups=task.clip_groups(), clip_grad=cfg.optim.clip_grad,
@@ -362,16 +362,16 @@ def build_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, stop_af
         skipped_steps=skipped_steps, scaler=scaler, data_position=data_position, sharded=sharded,
         tensorboard_dir=run_dir / "tensorboard" if "tensorboard" in cfg.train.log_to else None,
         rebuild_backbone=(lambda: _unsharded_export_backbone(cfg)) if sharded else None,
-        data_watch=_data_watch(cfg, device),
+        data_watch=_data_watch(device, workers),
     )
 
 
-def _data_watch(cfg: Config, device: torch.device) -> DataWaitWatch | None:
+def _data_watch(device: torch.device, workers: int) -> DataWaitWatch | None:
     """On a GPU (or MPS) a step that waits for data wastes the device: watch for it. On a CPU the loader and the model
     share the cores, so waiting is expected and only logged (data_wait_share)."""
     if device.type == "cpu":
         return None
-    return DataWaitWatch(resolve_num_workers(cfg, device), usable_cores())
+    return DataWaitWatch(workers, usable_cores())
 
 
 def _grad_scaler(device: torch.device, sharded: bool) -> torch.amp.GradScaler:
